@@ -1,0 +1,57 @@
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", _("Owner")
+    ADMIN = "admin", _("Admin")
+    MEMBER = "member", _("Member")
+
+
+# Roles that may manage members, invitations and read the audit log.
+MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
+
+
+class InvitationStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    ACCEPTED = "accepted", _("Accepted")
+    DECLINED = "declined", _("Declined")
+    REVOKED = "revoked", _("Revoked")
+    EXPIRED = "expired", _("Expired")
+
+
+class NotificationLevel(models.TextChoices):
+    INFO = "info", _("Information")
+    SUCCESS = "success", _("Success")
+    WARNING = "warning", _("Warning")
+    ERROR = "error", _("Error")
+
+
+class AuditAction(models.TextChoices):
+    LOGIN = "user.login", _("Signed in")
+    LOGIN_FAILED = "user.login_failed", _("Failed sign-in")
+    LOGOUT = "user.logout", _("Signed out")
+    SIGNUP = "user.signup", _("Signed up")
+    PASSWORD_CHANGED = "user.password_changed", _("Password changed")
+    PASSWORD_RESET = "user.password_reset", _("Password reset")
+    MFA_ADDED = "user.mfa_added", _("Two-factor method added")
+    MFA_REMOVED = "user.mfa_removed", _("Two-factor method removed")
+    MFA_RECOVERY_CODES = "user.mfa_recovery_codes", _("Recovery codes regenerated")
+    USER_DISABLED = "user.disabled", _("User disabled")
+    USER_ENABLED = "user.enabled", _("User enabled")
+    TOKEN_CREATED = "token.created", _("API token created")
+    TOKEN_REVOKED = "token.revoked", _("API token revoked")
+    SSH_KEY_ADDED = "ssh_key.added", _("SSH key added")
+    SSH_KEY_REMOVED = "ssh_key.removed", _("SSH key removed")
+    ORGANIZATION_CREATED = "organization.created", _("Organisation created")
+    ORGANIZATION_UPDATED = "organization.updated", _("Organisation updated")
+    ORGANIZATION_DISABLED = "organization.disabled", _("Organisation disabled")
+    ORGANIZATION_ENABLED = "organization.enabled", _("Organisation enabled")
+    MEMBER_ADDED = "member.added", _("Member added")
+    MEMBER_ROLE_CHANGED = "member.role_changed", _("Member role changed")
+    MEMBER_REMOVED = "member.removed", _("Member removed")
+    INVITATION_SENT = "invitation.sent", _("Invitation sent")
+    INVITATION_RESENT = "invitation.resent", _("Invitation resent")
+    INVITATION_REVOKED = "invitation.revoked", _("Invitation revoked")
+    INVITATION_ACCEPTED = "invitation.accepted", _("Invitation accepted")
+    INVITATION_DECLINED = "invitation.declined", _("Invitation declined")

@@ -1,0 +1,1 @@
+"""Business logic of accounts: every write goes through a function here."""

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from django.contrib.sessions.models import Session
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from remotegpu.core.errors import PermissionDenied
+
+from ..choices import AuditAction
+from ..models import User
+from .audit import audit_record
+
+
+def user_end_sessions(user: User) -> int:
+    """Delete every live session of ``user``. Sessions are signed blobs, so each is decoded."""
+    ended = 0
+    for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
+        if str(session.get_decoded().get("_auth_user_id")) == str(user.pk):
+            session.delete()
+            ended += 1
+    return ended
+
+
+@transaction.atomic
+def user_set_active(*, operator: User, user: User, active: bool) -> None:
+    """Disable a user (no sign-in, sessions ended, tokens refused at once) or enable them again."""
+    if not operator.is_staff:
+        raise PermissionDenied(_("Only operators can do this."))
+    if operator.pk == user.pk and not active:
+        raise PermissionDenied(_("You cannot disable yourself."))
+    if user.is_active == active:
+        return
+    user.is_active = active
+    user.save(update_fields=["is_active"])
+    if not active:
+        from ..tasks import user_end_sessions_task
+
+        transaction.on_commit(lambda: user_end_sessions_task.delay(user.pk))
+    audit_record(
+        AuditAction.USER_ENABLED if active else AuditAction.USER_DISABLED,
+        actor=operator,
+        target=user,
+    )

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The real parts integration tests need: Chromium (Playwright drives it) and OpenSSH's ssh-keygen.
+# Installed from Debian's packages when missing and we are root (CI always is); locally the tests
+# that need a missing part skip with a message instead.
+set -euo pipefail
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+command -v msgfmt >/dev/null 2>&1 || missing+=(gettext)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing ${missing[*]} (for the integration tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+elif [ "${CI:-}" = "true" ]; then
+  echo "CI needs ${missing[*]} but cannot install them (not root or no apt-get)" >&2
+  exit 1
+else
+  echo "note: ${missing[*]} not installed; tests that need them will be skipped" >&2
+fi

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Refresh the vendored front-end files in static/vendor/ from the npm registry.
+# The product never loads anything from a CDN: it must work on a closed network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BOOTSTRAP=5.3.8
+BOOTSTRAP_ICONS=1.13.1
+HTMX=2.0.7
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fetch() { (cd "$tmp" && npm pack --silent "$1@$2" >/dev/null && mkdir -p "$1" && tar -xzf "$(ls -t ./*.tgz | head -1)" -C "$1" && rm -f ./*.tgz); }
+fetch bootstrap "$BOOTSTRAP"
+fetch bootstrap-icons "$BOOTSTRAP_ICONS"
+fetch htmx.org "$HTMX"
+out=static/vendor
+rm -rf "$out" && mkdir -p "$out/bootstrap" "$out/bootstrap-icons/fonts" "$out/htmx"
+cp "$tmp/bootstrap/package/dist/css/bootstrap.min.css" "$tmp/bootstrap/package/dist/js/bootstrap.bundle.min.js" "$tmp/bootstrap/package/LICENSE" "$out/bootstrap/"
+cp "$tmp/bootstrap-icons/package/font/bootstrap-icons.min.css" "$tmp/bootstrap-icons/package/LICENSE" "$out/bootstrap-icons/"
+cp "$tmp/bootstrap-icons/package/font/fonts/"* "$out/bootstrap-icons/fonts/"
+cp "$tmp/htmx.org/package/dist/htmx.min.js" "$tmp/htmx.org/package/LICENSE" "$out/htmx/"
+cat > "$out/VERSIONS.md" <<TXT
+# Vendored front-end files
+
+Refreshed by \`scripts/vendor.sh\` from the npm registry. Each folder keeps its licence.
+
+| package | version | licence |
+|---|---|---|
+| bootstrap | $BOOTSTRAP | MIT |
+| bootstrap-icons | $BOOTSTRAP_ICONS | MIT |
+| htmx.org | $HTMX | 0BSD |
+TXT
+echo "vendored into $out"
