@@ -11,8 +11,8 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
+	@echo "installing dependencies into $(VENV) ..."
+	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)

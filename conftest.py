@@ -1,4 +1,11 @@
+"""Fixtures shared by every test: people in organisations, and clients signed in as them."""
+
 import pytest
+from rest_framework.test import APIClient
+
+from accounts.choices import Role
+from accounts.services.tokens import token_create
+from accounts.tests.factories import MembershipFactory, OperatorFactory, OrganizationFactory
 
 
 @pytest.fixture(autouse=True)
@@ -9,3 +16,57 @@ def _clear_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture
+def organization(db):
+    return OrganizationFactory()
+
+
+@pytest.fixture
+def owner(organization):
+    return MembershipFactory(organization=organization, role=Role.OWNER).user
+
+
+@pytest.fixture
+def admin_user(organization):
+    return MembershipFactory(organization=organization, role=Role.ADMIN).user
+
+
+@pytest.fixture
+def member(organization):
+    return MembershipFactory(organization=organization, role=Role.MEMBER).user
+
+
+@pytest.fixture
+def other_organization(db):
+    return OrganizationFactory()
+
+
+@pytest.fixture
+def outsider(other_organization):
+    """Owner of another organisation: must never see anything of ``organization``."""
+    return MembershipFactory(organization=other_organization, role=Role.OWNER).user
+
+
+@pytest.fixture
+def operator(db):
+    return OperatorFactory()
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()
+
+
+def _token_client(user, *, write=True):
+    client = APIClient()
+    issued = token_create(user=user, name="test", write_enabled=write)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.plaintext}")
+    return client
+
+
+@pytest.fixture
+def token_client_for():
+    """``token_client_for(user, write=True)``: an API client authenticated by a fresh token."""
+    return _token_client
