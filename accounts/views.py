@@ -117,7 +117,8 @@ def organization_switch(request, slug):
     organization = selectors.organization_get_for_user(request.user, slug)
     if organization is None:
         raise Http404
-    organization_services.organization_switch(user=request.user, organization=organization)
+    with service_messages(request):
+        organization_services.organization_switch(user=request.user, organization=organization)
     target = request.POST.get("next") or ""
     if not target.startswith("/") or target.startswith("//"):
         target = "accounts:dashboard"

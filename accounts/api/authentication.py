@@ -29,7 +29,10 @@ class APITokenAuthentication(authentication.BaseAuthentication):
         if parsed is None:
             raise exceptions.AuthenticationFailed(_("Malformed token."))
         key, secret = parsed
-        token = APIToken.objects.select_related("user").filter(key=key).first()
+        try:
+            token = APIToken.objects.select_related("user").get(key=key)
+        except APIToken.DoesNotExist:
+            token = None
         if token is None or not hmac.compare_digest(token.digest, token_digest(secret)):
             raise exceptions.AuthenticationFailed(_("Invalid token."))
         if token.revoked_at is not None:

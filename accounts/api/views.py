@@ -1,5 +1,6 @@
 """API of accounts: thin viewsets; every change goes through a service."""
 
+from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, status
@@ -8,7 +9,7 @@ from rest_framework.generics import RetrieveUpdateAPIView
 from rest_framework.response import Response
 
 from remotegpu.core.api.views import ScopedGenericViewSet, ScopedReadOnlyModelViewSet
-from remotegpu.core.errors import NotFound
+from remotegpu.core.errors import NotFound, PermissionDenied
 
 from .. import selectors
 from ..choices import MANAGER_ROLES
@@ -110,6 +111,8 @@ class OrganizationScopedMixin:
             )
             if organization is None:
                 raise NotFound()
+            if not organization.is_active and not self.request.user.is_staff:
+                raise PermissionDenied(_("This organisation has been disabled by an operator."))
             self._organization = organization
         return self._organization
 

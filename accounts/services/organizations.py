@@ -115,6 +115,8 @@ def membership_require_role(user: User, organization: Organization, roles) -> st
 def organization_switch(*, user: User, organization: Organization) -> None:
     if membership_role(user, organization) is None:
         raise NotFound()
+    if not organization.is_active and not user.is_staff:
+        raise PermissionDenied(_("This organisation has been disabled by an operator."))
     user.current_organization = organization
     user.save(update_fields=["current_organization"])
 

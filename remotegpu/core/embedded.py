@@ -5,8 +5,8 @@ project's data folder (``.data/`` or ``REMOTEGPU_DATA_DIR``), listening on Unix 
 write their URLs to ``services.env`` there. Settings read that file, so every process of the
 product (daphne, Celery, pytest, ``manage.py shell``) finds the same servers.
 
-Usage: ``python -m remotegpu.core.embedded start|stop|status``. No Django import here: this runs
-before settings can be loaded.
+Usage: ``python -m remotegpu.core.embedded start|stop|status|running``. No Django import here:
+this runs before settings can be loaded.
 """
 
 from __future__ import annotations
@@ -168,11 +168,19 @@ def main(argv: list[str]) -> int:
             print(f"{key}={value}")
     elif command == "stop":
         stop()
+    elif command == "running":
+        # Exit 0 when the embedded services this folder describes answer.
+        env = read_env_file()
+        redis_url = env.get("REDIS_URL", "")
+        up = bool(env) and (
+            not redis_url.startswith("unix://") or _redis_ping(Path(redis_url[len("unix://") :]))
+        )
+        return 0 if up and (data_dir() / "pg" / "postmaster.pid").exists() else 1
     elif command == "status":
         for key, value in read_env_file().items():
             print(f"{key}={value}")
     else:
-        print("usage: python -m remotegpu.core.embedded start|stop|status", file=sys.stderr)
+        print("usage: python -m remotegpu.core.embedded start|stop|status|running", file=sys.stderr)
         return 2
     return 0
 

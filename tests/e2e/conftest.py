@@ -1,0 +1,83 @@
+"""Real Chromium, driven by Playwright for Python, against pytest-django's live server."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from remotegpu.core.testing import require_executable
+
+# Playwright's sync API keeps an event loop running in the test thread, and Django refuses ORM
+# calls from a thread with a running loop unless told that this is deliberate.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# Short enough that a broken step fails fast, long enough for a loaded CI machine.
+STEP_TIMEOUT_MS = 15_000
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium (Debian's build) for the whole session."""
+    executable = require_executable("chromium", "apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(
+        executable_path=executable, headless=True, args=CHROMIUM_ARGS
+    )
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def artifacts_dir(request):
+    path = request.config.rootpath / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def new_page(request, chromium, live_server, transactional_db, artifacts_dir):
+    """``new_page()``: a page in a fresh browser context (its own cookies and storage).
+
+    Relative URLs resolve against the live server. When the test fails, every page it opened
+    is saved as a screenshot in ``test-artifacts/``.
+    """
+    contexts = []
+
+    def open_page():
+        context = chromium.new_context(base_url=live_server.url, locale="en-GB")
+        context.set_default_timeout(STEP_TIMEOUT_MS)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        for number, context in enumerate(contexts, start=1):
+            for page in context.pages:
+                page.screenshot(path=artifacts_dir / f"{name}-failure-{number}.png", full_page=True)
+    for context in contexts:
+        context.close()

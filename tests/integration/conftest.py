@@ -1,0 +1,241 @@
+"""Real product processes (Celery worker, daphne) started against the test database and Redis.
+
+Each process is a child of the test run: it gets the same ``REDIS_URL`` and a ``DATABASE_URL``
+that points at the database pytest-django created, writes its output to a log file that is
+attached to the report of any failing test, and is always stopped when its fixture ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+LOG_TAIL_LINES = 200
+
+# Processes alive right now, so a failing test's report can show what they printed.
+_running: list[ManagedProcess] = []
+
+
+class ManagedProcess:
+    """A child process in its own session, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _running.append(self)
+
+    def output(self, tail: int = LOG_TAIL_LINES) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])
+
+    def ensure_running(self) -> None:
+        if self.popen.poll() is not None:
+            pytest.fail(
+                f"{self.name} exited with status {self.popen.returncode}:\n{self.output()}",
+                pytrace=False,
+            )
+
+    def stop(self) -> None:
+        """SIGTERM its process group (a graceful shutdown), SIGKILL if it lingers."""
+        if self in _running:
+            _running.remove(self)
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+
+
+def wait_until(
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    what: str,
+    process: ManagedProcess | None = None,
+    interval: float = 0.2,
+):
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    When ``process`` is given, its death ends the wait at once with its output.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if process is not None:
+            process.ensure_running()
+        if time.monotonic() > deadline:
+            detail = f"\n{process.name} output:\n{process.output()}" if process else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{detail}", pytrace=False)
+        time.sleep(interval)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the output of every running product process to a failing test's report."""
+    report = yield
+    if report.failed:
+        for process in _running:
+            report.sections.append((f"{process.name} output ({process.log_path})", process.output()))
+    return report
+
+
+def database_url_for_tests() -> str:
+    """``settings.DATABASE_URL`` with its database replaced by pytest-django's test database."""
+    parts = urlsplit(settings.DATABASE_URL)
+    return urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
+
+
+@pytest.fixture(scope="session")
+def process_env(django_db_setup) -> dict[str, str]:
+    """Environment for product processes: test settings, test database, same Redis, no eager."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "remotegpu.settings.test",
+        "DATABASE_URL": database_url_for_tests(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> ManagedProcess:
+    return ManagedProcess(name, argv, env, log_dir / f"{name}.log")
+
+
+@pytest.fixture(scope="module")
+def celery_worker(process_env, tmp_path_factory) -> Iterator[ManagedProcess]:
+    """A real ``celery -A remotegpu worker``, answering pings on the test broker."""
+    from remotegpu.celery import app
+
+    node = f"integration-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "remotegpu",
+        "worker",
+        "--pool=solo",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        f"--hostname={node}",
+    ]
+    worker = _start("celery-worker", argv, process_env, tmp_path_factory.mktemp("celery"))
+    try:
+        wait_until(
+            lambda: app.control.ping(destination=[node], timeout=0.5),
+            timeout=START_TIMEOUT,
+            what=f"Celery worker {node} to answer a ping",
+            process=worker,
+        )
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def celery_through_broker():
+    """Send tasks from this process through the broker, as production does, not eagerly."""
+    from remotegpu.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    yield app
+    app.conf.task_always_eager = previous
+
+
+class DaphneServer:
+    def __init__(self, process: ManagedProcess, port: int):
+        self.process = process
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """Status and body of a GET; an HTTP error status is an answer, not an exception."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _answers_healthz(url: str) -> bool:
+    try:
+        return http_get(url, timeout=1.0)[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def daphne_server(process_env, tmp_path_factory) -> Iterator[DaphneServer]:
+    """A real ``daphne remotegpu.asgi:application`` on a free loopback port."""
+    port = _free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "remotegpu.asgi:application",
+    ]
+    process = _start("daphne", argv, process_env, tmp_path_factory.mktemp("daphne"))
+    server = DaphneServer(process, port)
+    try:
+        wait_until(
+            lambda: _answers_healthz(server.url("/healthz")),
+            timeout=START_TIMEOUT,
+            what=f"daphne to answer {server.url('/healthz')}",
+            process=process,
+        )
+        yield server
+    finally:
+        process.stop()
