@@ -150,6 +150,8 @@ ACCOUNT_RATE_LIMITS = {
     "confirm_email": "1/3m/key",
 }
 ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
+# False: only people holding an invitation link can sign up.
+SIGNUP_OPEN = env_bool("SIGNUP_OPEN", True)
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = env("ACCOUNT_DEFAULT_HTTP_PROTOCOL", "http")
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "RemoteGPU"
