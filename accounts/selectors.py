@@ -19,7 +19,13 @@ from .models import (
 
 def organization_list_for_user(user: User) -> QuerySet[Organization]:
     """Organisations the user belongs to (operators: all), with member counts."""
-    queryset = Organization.objects.all() if user.is_staff else user.organizations.all()
+    queryset = Organization.objects.all()
+    if not user.is_staff:
+        # A subquery, not a join: joining the user's memberships would make the count below
+        # count only that one membership.
+        queryset = queryset.filter(
+            pk__in=Membership.objects.filter(user=user).values("organization_id")
+        )
     return queryset.annotate(member_count=Count("memberships", distinct=True)).order_by("name")
 
 

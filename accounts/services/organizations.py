@@ -210,9 +210,15 @@ def _operator_required(operator: User) -> None:
 def organization_set_active(*, operator: User, organization: Organization, active: bool) -> None:
     """Operators disable an organisation (members lose access at once) or enable it again."""
     _operator_required(operator)
-    if organization.is_active == active:
-        return
+    # Read the flag under a row lock: the caller's object may be stale.
+    current = (
+        Organization.objects.select_for_update()
+        .values_list("is_active", flat=True)
+        .get(pk=organization.pk)
+    )
     organization.is_active = active
+    if current == active:
+        return
     organization.save(update_fields=["is_active", "updated_at"])
     audit_record(
         AuditAction.ORGANIZATION_ENABLED if active else AuditAction.ORGANIZATION_DISABLED,

@@ -29,9 +29,11 @@ def user_set_active(*, operator: User, user: User, active: bool) -> None:
         raise PermissionDenied(_("Only operators can do this."))
     if operator.pk == user.pk and not active:
         raise PermissionDenied(_("You cannot disable yourself."))
-    if user.is_active == active:
-        return
+    # Read the flag under a row lock: the caller's object may be stale.
+    current = User.objects.select_for_update().values_list("is_active", flat=True).get(pk=user.pk)
     user.is_active = active
+    if current == active:
+        return
     user.save(update_fields=["is_active"])
     if not active:
         from ..tasks import user_end_sessions_task

@@ -330,9 +330,7 @@ def test_switch_remembers_current_organization(client, owner, organization, othe
 
 def test_switch_ignores_offsite_next(client, owner, organization):
     client.force_login(owner)
-    response = client.post(
-        f"/orgs/{organization.slug}/switch/", {"next": "//evil.example.com/"}
-    )
+    response = client.post(f"/orgs/{organization.slug}/switch/", {"next": "//evil.example.com/"})
     assert response.status_code == 302
     assert response.url == "/"
 
@@ -406,7 +404,9 @@ def test_disabled_organization_blocks_members(
     assert api.get(f"{base}/members/").status_code == 200
 
 
-def test_disabled_organization_falls_back_to_another(client, owner, organization, other_organization):
+def test_disabled_organization_falls_back_to_another(
+    client, owner, organization, other_organization
+):
     MembershipFactory(user=owner, organization=other_organization, role=Role.MEMBER)
     organization_switch(user=owner, organization=organization)
     organization.is_active = False
