@@ -1,5 +1,6 @@
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.utils.translation import gettext as _
 
 from .services.notifications import notification_group, notification_unread_count
 
@@ -29,7 +30,7 @@ class NotificationConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs):
         # The socket is push-only; changes go through the HTTP API so they are authorised once.
-        await self.send_json({"type": "error", "message": "This socket is read-only."})
+        await self.send_json({"type": "error", "message": _("This socket is read-only.")})
 
     async def notification_event(self, event):
         await self.send_json(

@@ -97,7 +97,8 @@ def wait_until(
             process.ensure_running()
         if time.monotonic() > deadline:
             detail = f"\n{process.name} output:\n{process.output()}" if process else ""
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{detail}", pytrace=False)
+            message = f"timed out after {timeout:.0f} s waiting for {what}{detail}"
+            pytest.fail(message, pytrace=False)
         time.sleep(interval)
 
 
@@ -107,7 +108,8 @@ def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed:
         for process in _running:
-            report.sections.append((f"{process.name} output ({process.log_path})", process.output()))
+            title = f"{process.name} output ({process.log_path})"
+            report.sections.append((title, process.output()))
     return report
 
 
