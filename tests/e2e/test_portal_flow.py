@@ -7,11 +7,13 @@ adds an SSH key, sees both counted on the dashboard, switches to Chinese and to 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
-import requests
 from allauth.account.models import EmailAddress
 from django.utils import translation
 from playwright.sync_api import Page, expect
@@ -124,13 +126,23 @@ def create_api_token(page: Page, name: str) -> str:
     return token
 
 
+def _get_me(base_url: str, headers: dict) -> tuple[int, dict]:
+    """A plain HTTP client, outside the browser: no session cookie can stand in for the token."""
+    # The URL is the live server's own http:// address, never user input.
+    request = urllib.request.Request(f"{base_url}/api/v1/me/", headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
 def check_token_authenticates(base_url: str, token: str, email: str) -> None:
-    url = f"{base_url}/api/v1/me/"
-    anonymous = requests.get(url, timeout=10)
-    assert anonymous.status_code in (401, 403), anonymous.text
-    response = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.json()["email"] == email
+    status, body = _get_me(base_url, {})
+    assert status in (401, 403), body
+    status, body = _get_me(base_url, {"Authorization": f"Bearer {token}"})
+    assert status == 200, body
+    assert body["email"] == email
 
 
 def add_ssh_key(page: Page, tmp_path) -> str:
