@@ -3,7 +3,11 @@ from django.conf import settings
 
 
 class AccountAdapter(DefaultAccountAdapter):
-    """Sign-up is open unless ``SIGNUP_OPEN`` is false (closed installations invite only)."""
+    """Sign-up is open unless ``SIGNUP_OPEN`` is false; then only invitation holders may sign up."""
 
     def is_open_for_signup(self, request):
-        return getattr(settings, "SIGNUP_OPEN", True)
+        if settings.SIGNUP_OPEN:
+            return True
+        from .views import INVITATION_SESSION_KEY
+
+        return bool(request.session.get(INVITATION_SESSION_KEY))

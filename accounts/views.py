@@ -6,6 +6,7 @@ import csv
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -37,6 +38,7 @@ from .services import tokens as token_services
 from .services.ssh_keys import ssh_keygen_line
 
 PAGE_SIZE = 50
+INVITATION_SESSION_KEY = "invitation_key"
 
 
 def _current_organization(request):
@@ -251,12 +253,15 @@ def invitation_revoke(request, pk):
     return redirect("accounts:member_list")
 
 
-@login_required
 def invitation_respond(request, key):
     try:
         invitation = invitation_services.invitation_get_by_key(key)
     except NotFound as error:
         raise Http404(str(error.message)) from error
+    if not request.user.is_authenticated:
+        # Remembered so that an invitation-only installation still lets this person sign up.
+        request.session[INVITATION_SESSION_KEY] = key
+        return redirect_to_login(request.get_full_path())
     if request.method == "POST":
         try:
             if request.POST.get("decision") == "accept":

@@ -8,7 +8,7 @@ from django.core import mail
 from django.utils import timezone
 
 from accounts.choices import AuditAction, InvitationStatus, Role
-from accounts.models import AuditEvent, Invitation, Membership, Notification
+from accounts.models import AuditEvent, Invitation, Membership, Notification, User
 from accounts.services.invitations import (
     invitation_accept,
     invitation_create,
@@ -351,3 +351,42 @@ def test_accepting_into_disabled_organization_is_refused(operator, owner, organi
 def test_unknown_link_is_404(client, invitee):
     client.force_login(invitee)
     assert client.get("/invitations/not-a-real-key/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_invitation_link_lets_its_holder_sign_up_when_signup_is_closed(
+    client, owner, organization, settings
+):
+    settings.SIGNUP_OPEN = False
+    _, key = invitation_create(actor=owner, organization=organization, email="new@example.com")
+    closed = client.get("/accounts/signup/")
+    assert "account/signup_closed.html" in [t.name for t in closed.templates]
+
+    response = client.get(f"/invitations/{key}/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "email": "new@example.com",
+            "password1": "a-Long-passw0rd!",
+            "password2": "a-Long-passw0rd!",
+        },
+    )
+    assert response.status_code == 302
+    assert User.objects.filter(email="new@example.com").exists()
+
+
+@pytest.mark.django_db
+def test_closed_signup_refuses_people_without_an_invitation(client, settings):
+    settings.SIGNUP_OPEN = False
+    client.post(
+        "/accounts/signup/",
+        {
+            "email": "x@example.com",
+            "password1": "a-Long-passw0rd!",
+            "password2": "a-Long-passw0rd!",
+        },
+    )
+    assert not User.objects.filter(email="x@example.com").exists()
