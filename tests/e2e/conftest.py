@@ -34,9 +34,13 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """One headless Chromium (Debian's build) for the whole session."""
+    """One headless Chromium (Debian's build) per test module.
+
+    Not per session: Playwright's sync API keeps an event loop running in this thread while it
+    is started, which would break later tests that call ``asyncio.run``.
+    """
     executable = require_executable("chromium", "apt-get install chromium")
     from playwright.sync_api import sync_playwright
 
