@@ -3,7 +3,9 @@ from rest_framework.routers import DefaultRouter
 
 from . import views
 
+# No ``.json`` suffix routes: clients choose the format with the Accept header.
 router = DefaultRouter()
+router.include_format_suffixes = False
 router.register("organizations", views.OrganizationViewSet, basename="organization")
 router.register(
     r"organizations/(?P<organization_slug>[-\w]+)/members",

@@ -191,10 +191,12 @@ class InvitationViewSet(
         return selectors.invitation_list(self.get_organization())
 
     def create(self, request, organization_slug=None):
+        # Resolve the organisation first: a non-member is told "not found", not "invalid".
+        organization = self.get_organization()
         data = serializers.InvitationCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         invitation, _key = invitation_services.invitation_create(
-            actor=request.user, organization=self.get_organization(), **data.validated_data
+            actor=request.user, organization=organization, **data.validated_data
         )
         return Response(self.get_serializer(invitation).data, status=status.HTTP_201_CREATED)
 

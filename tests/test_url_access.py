@@ -1,0 +1,478 @@
+"""Every URL of the project, tried as four callers: anonymous, another organisation's owner,
+a member of the organisation that owns the data, and an operator.
+
+The suite walks ``get_resolver()`` so that a new route is tested the day it is added: a route
+whose path parameters this file cannot fill fails loudly with its name. Path parameters are
+filled with objects of organisation A ("Acme"); every piece of A's data contains the word
+"acme", so "nothing of A leaked" is one substring check on each response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pytest
+from allauth.account.forms import default_token_generator
+from allauth.account.models import EmailAddress, EmailConfirmationHMAC
+from allauth.account.utils import user_pk_to_url_str
+from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
+from django.urls import URLResolver, get_resolver, resolve, reverse
+from django.utils.regex_helper import normalize
+from rest_framework.test import APIClient
+
+from accounts.choices import AuditAction, Role
+from accounts.models import AuditEvent, Membership, Organization, User
+from accounts.services.invitations import invitation_create
+from accounts.services.notifications import notification_create
+from accounts.services.organizations import organization_create
+from accounts.services.ssh_keys import ssh_key_add
+from accounts.services.tokens import token_create
+from accounts.tests.factories import OperatorFactory, UserFactory
+
+MARKER = "acme"  # every name, e-mail and slug of organisation A contains it; nothing else does
+
+
+# The routes -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str  # "namespace:name", or the path template for unnamed routes
+    template: str  # "/orgs/%(slug)s/switch/"
+    params: tuple[str, ...]
+    callback: object
+    namespace: str
+
+    @property
+    def url_name(self) -> str:
+        return self.name.rpartition(":")[2]
+
+    @property
+    def kind(self) -> str:
+        if self.namespace == "admin":
+            return "admin"
+        if self.namespace == "api":
+            return "api"
+        if self.callback.__module__.startswith("allauth."):
+            return "allauth"
+        if self.name in PUBLIC_ROUTES:
+            return "public"
+        # Anything else is a portal page: signed-in users only. A new public page must be
+        # added to PUBLIC_ROUTES on purpose.
+        return "portal"
+
+
+def _walk(resolver, chain=(), namespaces=()):
+    for entry in resolver.url_patterns:
+        if isinstance(entry, URLResolver):
+            yield from _walk(
+                entry,
+                (*chain, entry),
+                (*namespaces, entry.namespace) if entry.namespace else namespaces,
+            )
+        else:
+            yield (*chain, entry), namespaces
+
+
+def _routes() -> list[Route]:
+    routes = []
+    for chain, namespaces in _walk(get_resolver()):
+        regex = "".join(part.pattern.regex.pattern.removeprefix("^") for part in chain)
+        template, params = normalize(regex)[0]
+        pattern = chain[-1]
+        name = ":".join((*namespaces, pattern.name)) if pattern.name else "/" + template
+        namespace = namespaces[0] if namespaces else ""
+        routes.append(Route(name, "/" + template, tuple(params), pattern.callback, namespace))
+    return routes
+
+
+ROUTES = _routes()
+
+# Reachable without signing in, on purpose.
+PUBLIC_ROUTES = {
+    "healthz",
+    "readyz",
+    "schema",  # the OpenAPI schema documents the API; it holds no data
+    "swagger-ui",
+    "redoc",
+    "/api/",  # redirect to the API docs
+    "set_language",
+}
+
+# allauth pages a signed-out visitor may open; every other allauth page wants a session.
+ALLAUTH_ANONYMOUS = {
+    "account_login",
+    "account_signup",
+    "account_inactive",
+    "account_email_verification_sent",
+    "account_reset_password",
+    "account_reset_password_done",
+    "account_reset_password_from_key",
+    "account_reset_password_from_key_done",
+    "account_confirm_email",
+    "account_confirm_login_code",
+    "account_logout",
+    "mfa_authenticate",
+}
+
+# Links that carry a secret key are capabilities: whoever holds the key is its recipient, even
+# when signed in as someone else. The page may show what the key itself is about (the
+# organisation that invites, the address being confirmed) and must still change nothing.
+CAPABILITY_ROUTES = {"accounts:invitation_respond", "account_confirm_email"}
+
+# Which object of organisation A a ``pk`` stands for, by URL name.
+PK_OBJECTS = {
+    "member_role": "membership",
+    "member_remove": "membership",
+    "membership-detail": "membership",
+    "invitation_resend": "invitation",
+    "invitation_revoke": "invitation",
+    "invitation-detail": "invitation",
+    "invitation-resend": "invitation",
+    "token_revoke": "token",
+    "token-detail": "token",
+    "ssh_key_delete": "ssh_key",
+    "ssh-key-detail": "ssh_key",
+    "notification_read": "notification",
+    "notification-detail": "notification",
+    "notification-read": "notification",
+    "audit-event-detail": "audit_event",
+}
+
+# Which object of A the admin's ``<path:object_id>`` routes open, by model.
+ADMIN_OBJECTS = {
+    "accounts.user": "member",
+    "accounts.organization": "organization",
+    "accounts.membership": "membership",
+    "accounts.invitation": "invitation",
+    "accounts.apitoken": "token",
+    "accounts.sshkey": "ssh_key",
+    "accounts.auditevent": "audit_event",
+    "accounts.notification": "notification",
+    "account.emailaddress": "email_address",
+    "mfa.authenticator": "authenticator",
+    # Groups belong to no organisation; the object is filled so the routes are still walked.
+    "auth.group": "group",
+}
+
+# Admin pages that do not answer an operator's GET with 200, and what they answer instead.
+OPERATOR_ADMIN_STATUS = {
+    "admin:login": 302,  # already signed in: on to the index
+    "admin:logout": 405,  # POST only
+    "admin:autocomplete": 403,  # without the field it completes for
+    "admin:view_on_site": 404,  # organisations have no public page
+    "/admin/%(url)s": 404,  # the catch-all
+    # Tokens, keys and audit events are created by their services only; audit events are
+    # append-only.
+    "admin:accounts_apitoken_add": 403,
+    "admin:accounts_sshkey_add": 403,
+    "admin:accounts_auditevent_add": 403,
+    "admin:accounts_auditevent_delete": 403,
+}
+
+# Parameters that are no object of A: the admin's catch-all, the admin index of one app, the
+# content type of "view on site". They are filled, but do not make the route "about A".
+NEUTRAL_PARAMS = {"url", "app_label", "content_type_id"}
+
+
+# The data --------------------------------------------------------------------------------------
+
+
+def _public_key() -> str:
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return blob.decode() + " mia@acme-laptop"
+
+
+@dataclass
+class World:
+    organization: Organization
+    member: User
+    outsider: User
+    operator: User
+    objects: dict
+    invitation_key: str
+    secrets: tuple[str, ...]  # values of A without the marker: token key, fingerprint, key
+
+
+@pytest.fixture
+def world(db) -> World:
+    owner = UserFactory(email="alice@acme.test", name="Alice Acmeowner")
+    organization = organization_create(user=owner, name="Acme Quantum Lab", slug="acme-quantum")
+    member = UserFactory(email="mia@acme.test", name="Mia Acmemember")
+    membership = Membership.objects.create(user=member, organization=organization, role=Role.MEMBER)
+    member.current_organization = organization
+    member.save(update_fields=["current_organization"])
+    invitation, invitation_key = invitation_create(
+        actor=owner, organization=organization, email="ivan@acme.test"
+    )
+    token = token_create(user=member, name="acme deploy", write_enabled=True).token
+    ssh_key = ssh_key_add(user=member, name="acme laptop", public_key=_public_key())
+    notification = notification_create(
+        member, "Acme quota warning", organization=organization, url="/org/members/"
+    )
+    unverified = EmailAddress.objects.create(user=member, email="mia.alt@acme.test")
+    authenticator = RecoveryCodes.activate(member).instance
+
+    outsider = UserFactory(email="otto@borealis.test", name="Otto Outsider")
+    organization_create(user=outsider, name="Borealis Labs", slug="borealis")
+    operator = OperatorFactory(email="olga@operators.test", name="Olga Operator")
+
+    objects = {
+        "organization": organization,
+        "member": member,
+        "membership": membership,
+        "invitation": invitation,
+        "token": token,
+        "ssh_key": ssh_key,
+        "notification": notification,
+        "audit_event": AuditEvent.objects.filter(organization=organization).earliest("id"),
+        "email_address": EmailAddress.objects.get(user=member, primary=True),
+        "unverified_email": unverified,
+        "authenticator": authenticator,
+        "group": Group.objects.create(name="operators-on-call"),
+    }
+    return World(
+        organization=organization,
+        member=member,
+        outsider=outsider,
+        operator=operator,
+        objects=objects,
+        invitation_key=invitation_key,
+        secrets=(token.key, ssh_key.fingerprint, invitation_key),
+    )
+
+
+def _param_value(route: Route, param: str, world: World) -> str | None:
+    objects = world.objects
+    if param in {"slug", "organization_slug"}:
+        return world.organization.slug
+    if param == "url":
+        return "no-such-page/"  # the admin's catch-all
+    if param == "app_label":
+        return "accounts"
+    if param == "key" and route.name == "accounts:invitation_respond":
+        return world.invitation_key
+    if param == "key" and route.name == "account_confirm_email":
+        return EmailConfirmationHMAC(objects["unverified_email"]).key
+    if route.name == "account_reset_password_from_key":
+        return {
+            "uidb36": user_pk_to_url_str(world.member),
+            "key": default_token_generator.make_token(world.member),
+        }.get(param)
+    if param == "id" and route.name == "admin:auth_user_password_change":
+        return str(world.member.pk)
+    if route.name == "admin:view_on_site":
+        organization = world.organization
+        return {
+            "content_type_id": str(ContentType.objects.get_for_model(organization).pk),
+            "object_id": str(organization.pk),
+        }.get(param)
+    if param == "object_id":
+        model_admin = getattr(route.callback, "model_admin", None)
+        if model_admin is not None:
+            key = ADMIN_OBJECTS.get(model_admin.model._meta.label_lower)
+            return str(objects[key].pk) if key else None
+    if param == "pk" and route.url_name in PK_OBJECTS:
+        return str(objects[PK_OBJECTS[route.url_name]].pk)
+    return None
+
+
+def _url(route: Route, world: World) -> str:
+    values = {}
+    for param in route.params:
+        value = _param_value(route, param, world)
+        if value is None:
+            pytest.fail(
+                f"{route.name}: no value for path parameter {param!r}. Teach "
+                f"tests/test_url_access.py which object of organisation A it stands for.",
+                pytrace=False,
+            )
+        values[param] = value
+    url = route.template % values
+    match = resolve(url)
+    assert match.func == route.callback, f"{route.name}: {url} resolves to {match.view_name}"
+    return url
+
+
+def _is_about_a(route: Route) -> bool:
+    return any(param not in NEUTRAL_PARAMS for param in route.params)
+
+
+# Requests and checks ---------------------------------------------------------------------------
+
+
+def _methods(route: Route) -> tuple[str, ...]:
+    if route.kind == "api":
+        return ("get", "post", "patch", "delete")
+    if route.kind == "portal":
+        return ("get", "post")
+    if route.kind == "admin" and route.name not in {"admin:login", "admin:logout"}:
+        return ("get", "post")
+    return ("get",)
+
+
+def _send(client, method: str, url: str):
+    if method == "get":
+        return client.get(url)
+    # An empty body: enough to reach every permission check, never enough to create anything.
+    return getattr(client, method)(url, {}, format="json")
+
+
+def _body(response) -> str:
+    if response.streaming:
+        return b"".join(response.streaming_content).decode(errors="replace")
+    return response.content.decode(errors="replace")
+
+
+def _assert_nothing_of_a(route: Route, method: str, url: str, response, world: World) -> None:
+    # The page may echo the path the caller asked for (language switcher, login "next").
+    body = _body(response).replace(url, "").lower()
+    leaks = [MARKER] if MARKER in body else []
+    leaks += [secret for secret in world.secrets if secret.lower() in body]
+    assert not leaks, f"{method.upper()} {url} ({route.name}) shows {leaks} of organisation A"
+
+
+def _assert_login_redirect(route, method, url, response, login_url: str) -> None:
+    assert response.status_code == 302, (
+        f"{method.upper()} {url} ({route.name}): {response.status_code}, expected a redirect "
+        f"to {login_url}"
+    )
+    assert response["Location"].startswith(login_url), (
+        f"{method.upper()} {url} ({route.name}) redirects to {response['Location']}"
+    )
+
+
+def _assert_api_refusal(route, method, url, response) -> None:
+    assert response.status_code in (401, 403), (
+        f"{method.upper()} {url} ({route.name}): {response.status_code}, expected 401/403"
+    )
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "fields"}, error
+
+
+def _assert_admin_refuses(route, method, url, response) -> None:
+    """The admin serves nothing but its login page to anyone who is not staff."""
+    if route.name == "admin:login":
+        assert response.status_code == 200
+    elif route.name == "admin:logout":
+        assert response.status_code in (302, 405)
+    elif route.name == "/admin/%(url)s":
+        assert response.status_code in (302, 404)
+    else:
+        _assert_login_redirect(route, method, url, response, reverse("admin:login"))
+
+
+def _table_fingerprint(ignore_logout_of: User | None = None) -> dict[str, tuple[int, str]]:
+    """Row count and a hash of every row of the accounts tables (and allauth's and auth's)."""
+    state = {}
+    for model in apps.get_models():
+        if model._meta.app_label not in {"accounts", "account", "mfa", "auth"}:
+            continue
+        queryset = model._base_manager.order_by("pk")
+        if model is AuditEvent and ignore_logout_of is not None:
+            queryset = queryset.exclude(action=AuditAction.LOGOUT, actor=ignore_logout_of)
+        rows = list(queryset.values_list())
+        digest = hashlib.sha256(repr(rows).encode()).hexdigest()
+        state[model._meta.label] = (len(rows), digest)
+    return state
+
+
+def _client(user=None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+# The test --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda route: route.name)
+def test_url_access(route: Route, world: World):
+    url = _url(route, world)
+    about_a = _is_about_a(route)
+    login_url = reverse(settings.LOGIN_URL)
+
+    # Sign-ins write audit rows and last_login; do them before the snapshot.
+    anonymous, outsider = _client(), _client(world.outsider)
+    member, operator = _client(world.member), _client(world.operator)
+    # allauth signs out whoever opens another account's e-mail confirmation link; the audit
+    # row of that sign-out is the one change a capability link may cause.
+    logout_of = world.outsider if route.name in CAPABILITY_ROUTES else None
+    before = _table_fingerprint(logout_of)
+
+    for method in _methods(route):
+        response = _send(anonymous, method, url)
+        assert response.status_code < 500, f"anonymous {method.upper()} {url}: 5xx"
+        if route.name not in CAPABILITY_ROUTES:
+            _assert_nothing_of_a(route, method, url, response, world)
+        if route.kind == "portal":
+            _assert_login_redirect(route, method, url, response, login_url)
+        elif route.kind == "api":
+            _assert_api_refusal(route, method, url, response)
+        elif route.kind == "admin":
+            _assert_admin_refuses(route, method, url, response)
+        elif route.kind == "allauth" and route.url_name not in ALLAUTH_ANONYMOUS:
+            _assert_login_redirect(route, method, url, response, login_url)
+
+    outsider_statuses = []
+    for method in _methods(route):
+        response = _send(outsider, method, url)
+        status = response.status_code
+        outsider_statuses.append(status)
+        assert status < 500, f"other organisation {method.upper()} {url}: {status}"
+        if route.kind == "admin":
+            _assert_admin_refuses(route, method, url, response)
+        if route.name in CAPABILITY_ROUTES:
+            continue
+        _assert_nothing_of_a(route, method, url, response, world)
+        if about_a and route.kind in {"api", "portal"}:
+            assert status in (403, 404, 405), (
+                f"other organisation {method.upper()} {url} ({route.name}): {status}"
+            )
+    if about_a and route.kind in {"api", "portal"} and route.name not in CAPABILITY_ROUTES:
+        assert {403, 404} & set(outsider_statuses), (
+            f"{route.name}: the other organisation was never refused: {outsider_statuses}"
+        )
+
+    assert _table_fingerprint(logout_of) == before, (
+        f"{route.name}: anonymous or other-organisation requests changed the database"
+    )
+
+    insider_statuses = []
+    for who, client in (("member", member), ("operator", operator)):
+        for method in _methods(route):
+            response = _send(client, method, url)
+            status = response.status_code
+            insider_statuses.append(status)
+            assert status < 500, f"{who} {method.upper()} {url} ({route.name}): {status}"
+            if route.kind == "admin" and who == "member":
+                _assert_admin_refuses(route, method, url, response)
+            if route.kind == "admin" and who == "operator" and method == "get":
+                _assert_operator_admin(route, url, response)
+    if about_a and route.kind in {"api", "portal"}:
+        # The URL really names A's object: someone entitled to it is not told "not found".
+        assert set(insider_statuses) - {403, 404, 405}, (
+            f"{route.name}: even the member and the operator were refused: {insider_statuses}"
+        )
+
+
+def _assert_operator_admin(route: Route, url: str, response) -> None:
+    """Operators reach every admin page (redirects and read-only models excepted)."""
+    if route.name in OPERATOR_ADMIN_STATUS:
+        expected = OPERATOR_ADMIN_STATUS[route.name]
+    elif route.name.startswith("/admin/"):  # <object_id>/ redirects to <object_id>/change/
+        expected = 302
+    else:
+        expected = 200
+    assert response.status_code == expected, (
+        f"operator GET {url} ({route.name}): {response.status_code}, expected {expected}"
+    )
