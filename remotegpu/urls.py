@@ -20,6 +20,9 @@ urlpatterns = [
     path("", include("accounts.urls")),
 ]
 
+handler404 = "remotegpu.core.views.page_not_found"
+handler500 = "remotegpu.core.views.server_error"
+
 if settings.DEBUG:
     from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 

@@ -85,11 +85,12 @@ class OrganizationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Scop
     )
     def partial_update(self, request, slug=None):
         organization = self.get_object()
-        data = serializers.OrganizationUpdateSerializer(data=request.data)
+        data = serializers.OrganizationUpdateSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        organization_services.organization_update(
-            actor=request.user, organization=organization, **data.validated_data
-        )
+        if data.validated_data:
+            organization_services.organization_update(
+                actor=request.user, organization=organization, **data.validated_data
+            )
         return self._output(organization)
 
     @extend_schema(request=None, responses=serializers.OrganizationSerializer)
@@ -149,11 +150,12 @@ class MembershipViewSet(
 
     def partial_update(self, request, organization_slug=None, pk=None):
         membership = self.get_object()
-        data = serializers.MembershipRoleSerializer(data=request.data)
+        data = serializers.MembershipRoleSerializer(data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        organization_services.membership_change_role(
-            actor=request.user, membership=membership, role=data.validated_data["role"]
-        )
+        if "role" in data.validated_data:
+            organization_services.membership_change_role(
+                actor=request.user, membership=membership, role=data.validated_data["role"]
+            )
         return Response(self.get_serializer(membership).data)
 
     def destroy(self, request, organization_slug=None, pk=None):

@@ -4,7 +4,11 @@ import redis
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.utils.translation import gettext as _
+from django.views import defaults
 from django.views.decorators.cache import never_cache
+
+from remotegpu.core.api.exceptions import error_body
 
 
 @never_cache
@@ -40,3 +44,22 @@ def readyz(request):
         "checks": {name: error or "ok" for name, error in checks.items()},
     }
     return JsonResponse(body, status=200 if ready else 503)
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def page_not_found(request, exception=None):
+    """404 in the API's error shape under /api/, Django's page elsewhere."""
+    if _is_api(request):
+        return JsonResponse(error_body("not_found", _("Not found.")), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    """500 in the API's error shape under /api/, Django's page elsewhere."""
+    if _is_api(request):
+        body = error_body("server_error", _("Something went wrong on our side; it was logged."))
+        return JsonResponse(body, status=500)
+    return defaults.server_error(request)

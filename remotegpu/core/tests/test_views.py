@@ -24,3 +24,18 @@ def test_readyz_is_503_when_redis_is_unreachable(client, tmp_path):
     assert body["status"] == "unavailable"
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["redis"] != "ok"
+
+
+@pytest.mark.django_db
+def test_unknown_api_url_answers_json_not_html(client):
+    response = client.get("/api/v1/no-such-thing/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_unknown_page_stays_html(client):
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
