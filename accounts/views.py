@@ -8,7 +8,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -438,7 +438,11 @@ def notification_read(request, pk):
     notification = get_object_or_404(selectors.notification_list(request.user), pk=pk)
     notification_services.notification_mark_read(request.user, [notification.pk])
     if request.htmx:
-        return HttpResponse(status=204, headers={"HX-Refresh": "true"})
+        # Swap the row in place; the bell's count follows over the WebSocket.
+        notification.refresh_from_db()
+        return render(
+            request, "accounts/partials/notification_item.html", {"notification": notification}
+        )
     if notification.url.startswith("/") and not notification.url.startswith("//"):
         return redirect(notification.url)
     return redirect("accounts:notification_list")
