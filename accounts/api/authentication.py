@@ -1,15 +1,14 @@
 """``Authorization: Bearer rgpu_...`` authentication for the API."""
 
-import hmac
-
 from django.utils.translation import gettext as _
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from remotegpu.core import secrets
 from remotegpu.core.request_context import client_ip
 
 from ..models import APIToken
-from ..services.tokens import ip_allowed, token_digest, token_parse, token_touch
+from ..services.tokens import ip_allowed, token_parse, token_touch
 
 
 class APITokenAuthentication(authentication.BaseAuthentication):
@@ -33,7 +32,7 @@ class APITokenAuthentication(authentication.BaseAuthentication):
             token = APIToken.objects.select_related("user").get(key=key)
         except APIToken.DoesNotExist:
             token = None
-        if token is None or not hmac.compare_digest(token.digest, token_digest(secret)):
+        if token is None or not secrets.digest_matches(token.digest, secret):
             raise exceptions.AuthenticationFailed(_("Invalid token."))
         if token.revoked_at is not None:
             raise exceptions.AuthenticationFailed(_("This token has been revoked."))

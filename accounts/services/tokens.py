@@ -1,10 +1,6 @@
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
-import secrets
-import string
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from remotegpu.core import secrets
 from remotegpu.core.errors import ValidationError
 
 from ..choices import AuditAction
@@ -20,23 +17,15 @@ from ..models import APIToken, User
 from .audit import audit_record
 
 TOKEN_PREFIX = "rgpu_"  # noqa: S105  (a public prefix, not a secret)
-KEY_LENGTH = 12
-SECRET_LENGTH = 40
-_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def token_digest(secret: str) -> str:
-    return hmac.new(settings.API_TOKEN_PEPPER.encode(), secret.encode(), hashlib.sha256).hexdigest()
+    return secrets.digest(secret)
 
 
 def token_parse(raw: str) -> tuple[str, str] | None:
     """Split ``rgpu_<key>_<secret>`` into key and secret; None when it is not of that form."""
-    if not raw.startswith(TOKEN_PREFIX):
-        return None
-    key, sep, secret = raw[len(TOKEN_PREFIX) :].partition("_")
-    if not sep or len(key) != KEY_LENGTH or len(secret) != SECRET_LENGTH:
-        return None
-    return key, secret
+    return secrets.parse(raw, TOKEN_PREFIX)
 
 
 def normalize_networks(networks: list[str]) -> list[str]:
@@ -86,13 +75,12 @@ def token_create(
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError.for_field("expires_at", _("The expiry must be in the future."))
     networks = normalize_networks(allowed_ips or [])
-    key = "".join(secrets.choice(_ALPHABET) for _ in range(KEY_LENGTH))
-    secret = "".join(secrets.choice(_ALPHABET) for _ in range(SECRET_LENGTH))
+    generated = secrets.generate(TOKEN_PREFIX)
     token = APIToken.objects.create(
         user=user,
         name=name,
-        key=key,
-        digest=token_digest(secret),
+        key=generated.key,
+        digest=generated.digest,
         write_enabled=write_enabled,
         expires_at=expires_at,
         allowed_ips=networks,
@@ -107,7 +95,7 @@ def token_create(
             "expires_at": expires_at and expires_at.isoformat(),
         },
     )
-    return IssuedToken(token=token, plaintext=f"{TOKEN_PREFIX}{key}_{secret}")
+    return IssuedToken(token=token, plaintext=generated.plaintext)
 
 
 @transaction.atomic
