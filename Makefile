@@ -5,14 +5,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml agent/pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: run test lint format bench services stop-services messages clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml agent/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing dependencies into $(VENV) ..."
-	@$(PY) -m pip install --disable-pip-version-check -e '.[dev]' >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(PY) -m pip install --disable-pip-version-check -e ./agent -e '.[dev]' >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)
@@ -29,7 +29,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	@test -n "$(NAME)" || { echo "usage: make bench NAME=<name>  (see bench/)"; exit 2; }
-	@bash scripts/with-services.sh $(PY) bench/$(NAME).py
+	@bash scripts/with-services.sh bash -c '$(PY) manage.py migrate --no-input -v 0 && $(PY) bench/$(NAME).py'
 
 services: $(STAMP)
 	@$(PY) -m remotegpu.core.embedded start

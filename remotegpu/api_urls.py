@@ -6,4 +6,5 @@ app_name = "api"
 
 urlpatterns = [
     path("", include("accounts.api.urls")),
+    path("", include("machines.api.urls")),
 ]

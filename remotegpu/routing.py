@@ -1,5 +1,7 @@
-"""Every app's WebSocket routes."""
+"""Every app's WebSocket routes: browser routes (session + Origin checked) and agent routes."""
 
 from accounts.routing import websocket_urlpatterns as accounts_websockets
+from machines.routing import agent_websocket_urlpatterns
 
-websocket_urlpatterns = [*accounts_websockets]
+browser_websocket_urlpatterns = [*accounts_websockets]
+agent_websocket_urlpatterns = [*agent_websocket_urlpatterns]

@@ -1,8 +1,8 @@
 """``make run``: the whole product in one terminal.
 
 Starts embedded PostgreSQL and Redis (unless ``DATABASE_URL`` / ``REDIS_URL`` are set), migrates,
-seeds the demo, then runs daphne, a Celery worker and Celery beat under honcho. Ctrl-C stops every
-process and then the embedded services: nothing is left running.
+seeds the demo, then runs daphne, a Celery worker, Celery beat and a local host agent under
+honcho. Ctrl-C stops every process and then the embedded services: nothing is left running.
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             "beat",
             f"{python} -m celery -A remotegpu beat -l info "
             f"-s {shlex.quote(str(embedded.data_dir() / 'celerybeat-schedule'))}",
+            env=env,
+        )
+        manager.add_process(
+            "agent",
+            f"{python} -m remotegpu.core.local_agent --server {shlex.quote(env['SITE_URL'])}",
             env=env,
         )
         print(

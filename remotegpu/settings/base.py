@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "allauth.mfa",
     "remotegpu.core",
     "accounts",
+    "machines",
 ]
 
 MIDDLEWARE = [
@@ -195,6 +196,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "remotegpu.core.api.exceptions.exception_handler",
     "DEFAULT_VERSIONING_CLASS": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_RATES": {"agent_join": "120/minute"},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "RemoteGPU API",
@@ -206,6 +208,11 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "InvitationStatusEnum": "accounts.choices.InvitationStatus",
+        "HostStatusEnum": "machines.choices.HostStatus",
+        "CommandStatusEnum": "machines.choices.CommandStatus",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "remotegpu.core.api.schema.add_error_responses",
@@ -225,7 +232,12 @@ INVITATION_EXPIRY_DAYS = 7
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "remotegpu"},
+        # redis-py 8 times reads out after 5 s by default, exactly channels-redis's BZPOPMIN
+        # wait: an idle consumer would die with "Timeout reading". Give reads more room.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            "prefix": "remotegpu",
+        },
     }
 }
 
@@ -247,7 +259,21 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.invitation_expire_task",
         "schedule": 60 * 60,
     },
+    "detect-offline-hosts": {
+        "task": "machines.tasks.host_detect_offline_task",
+        "schedule": 5,
+    },
+    "expire-host-commands": {
+        "task": "machines.tasks.command_expire_task",
+        "schedule": 30,
+    },
+    "prune-metric-samples": {
+        "task": "machines.tasks.metric_retention_task",
+        "schedule": 60 * 60,
+    },
 }
+# Raw heartbeat samples are kept this long.
+METRIC_RAW_RETENTION_HOURS = int(env("METRIC_RAW_RETENTION_HOURS", "48"))
 
 LOGGING = {
     "version": 1,

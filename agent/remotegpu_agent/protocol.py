@@ -1,0 +1,266 @@
+"""Messages between the host agent and the control plane, defined once.
+
+Plain Python, no Django: the agent and the server both import this module. Every message is a
+JSON object with ``type``, ``id`` (unique per message) and ``v`` (protocol version). ``parse``
+turns raw text into a typed message or raises ``ProtocolError`` with a reason; ``dump`` does the
+reverse. See docs/agent-protocol.md for the conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_GPUS = 64
+MAX_CONTAINERS = 1024
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted; ``str(error)`` says why."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Message:
+    type: ClassVar[str] = ""
+    id: str = field(default_factory=new_id, kw_only=True)
+    v: int = field(default=VERSION, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+# Payload pieces ----------------------------------------------------------------------------
+
+
+@dataclass
+class GPUInfo:
+    """A GPU as the inventory describes it (static facts)."""
+
+    uuid: str
+    index: int
+    name: str
+    memory_total: int  # bytes
+    driver_version: str = ""
+    cuda_version: str = ""
+    compute_capability: str = ""
+
+
+@dataclass
+class GPUSample:
+    """A GPU's figures at one moment (heartbeat)."""
+
+    uuid: str
+    utilization: float  # percent, 0-100
+    memory_used: int  # bytes
+    memory_total: int  # bytes
+    temperature: float  # degrees Celsius
+    power_draw: float  # watts
+    power_limit: float  # watts
+    ecc_errors: int = 0
+    processes: int = 0
+
+
+@dataclass
+class HostFacts:
+    hostname: str
+    cpu_model: str
+    cpu_cores: int
+    memory_total: int  # bytes
+    disk_total: int  # bytes
+    os: str
+    kernel: str
+    docker_version: str = ""
+    agent_version: str = ""
+    gpu_backend: str = ""
+
+
+# Agent → server ----------------------------------------------------------------------------
+
+
+@dataclass
+class Inventory(Message):
+    """Everything static about the host; sent on connect and whenever it changes."""
+
+    type: ClassVar[str] = "inventory"
+    facts: HostFacts
+    gpus: list[GPUInfo]
+    containers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Heartbeat(Message):
+    """The host's figures, every ``heartbeat_interval`` seconds. ``time`` is the agent's clock
+    (Unix seconds) and, with the host, identifies the sample: a resent heartbeat is stored once.
+    """
+
+    type: ClassVar[str] = "heartbeat"
+    time: float
+    cpu_percent: float
+    memory_used: int
+    memory_total: int
+    disk_used: int
+    disk_total: int
+    load1: float = 0.0
+    gpus: list[GPUSample] = field(default_factory=list)
+
+
+@dataclass
+class CommandAck(Message):
+    """The agent has the command (it may already have run it: acks are idempotent)."""
+
+    type: ClassVar[str] = "command_ack"
+    command_id: str
+
+
+@dataclass
+class CommandResult(Message):
+    type: ClassVar[str] = "command_result"
+    command_id: str
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+# Server → agent ----------------------------------------------------------------------------
+
+
+@dataclass
+class Welcome(Message):
+    """First message after the handshake: who the agent is and how often to report."""
+
+    type: ClassVar[str] = "welcome"
+    host_id: int
+    host_name: str
+    heartbeat_interval: int
+
+
+@dataclass
+class Command(Message):
+    """Something to do. ``deadline`` is Unix seconds; past it the server has given up."""
+
+    type: ClassVar[str] = "command"
+    command_id: str
+    kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    deadline: float = 0.0
+
+
+@dataclass
+class Error(Message):
+    """The server refused a message; the connection stays open."""
+
+    type: ClassVar[str] = "error"
+    reason: str
+    ref: str = ""
+
+
+COMMAND_KINDS = frozenset({"ping", "collect_diagnostics"})
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.type: cls
+    for cls in (Inventory, Heartbeat, CommandAck, CommandResult, Welcome, Command, Error)
+}
+_NESTED = {
+    (Inventory, "facts"): HostFacts,
+    (Inventory, "gpus"): GPUInfo,
+    (Heartbeat, "gpus"): GPUSample,
+}
+_LIMITS = {
+    (Inventory, "gpus"): MAX_GPUS,
+    (Heartbeat, "gpus"): MAX_GPUS,
+    (Inventory, "containers"): MAX_CONTAINERS,
+}
+
+
+def _coerce(cls, name: str, value: Any, expected: type | str) -> Any:
+    """Check one scalar against its annotation; ints are accepted where floats are expected."""
+    kinds = {"str": str, "int": int, "float": (int, float), "bool": bool}
+    annotation = expected if isinstance(expected, str) else expected.__name__
+    python_type = kinds.get(annotation.split("|")[0].strip())
+    if python_type is None:
+        return value
+    if isinstance(value, bool) and annotation != "bool":
+        raise ProtocolError(f"{cls.type or cls.__name__}.{name}: expected {annotation}, got bool")
+    if not isinstance(value, python_type):
+        raise ProtocolError(
+            f"{cls.type or cls.__name__}.{name}: expected {annotation}, got {type(value).__name__}"
+        )
+    return float(value) if annotation == "float" else value
+
+
+def _build(cls, data: Any, owner=None):
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{cls.__name__}: expected an object")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known) - {"type"}
+    if unknown:
+        raise ProtocolError(
+            f"{getattr(cls, 'type', '') or cls.__name__}: unknown fields {sorted(unknown)}"
+        )
+    values = {}
+    for name, spec in known.items():
+        if name not in data:
+            continue
+        value = data[name]
+        nested = _NESTED.get((cls, name))
+        if nested is not None:
+            if isinstance(value, list):
+                limit = _LIMITS.get((cls, name))
+                if limit is not None and len(value) > limit:
+                    raise ProtocolError(f"{cls.type}.{name}: more than {limit} items")
+                value = [_build(nested, item) for item in value]
+            else:
+                value = _build(nested, value)
+        elif (cls, name) in _LIMITS:
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise ProtocolError(f"{cls.type}.{name}: expected a list of strings")
+            if len(value) > _LIMITS[(cls, name)]:
+                raise ProtocolError(f"{cls.type}.{name}: more than {_LIMITS[(cls, name)]} items")
+        elif isinstance(spec.type, str) and spec.type.startswith(("dict", "list")):
+            expected = dict if spec.type.startswith("dict") else list
+            if not isinstance(value, expected):
+                raise ProtocolError(f"{cls.__name__}.{name}: expected {expected.__name__}")
+        else:
+            value = _coerce(cls, name, value, spec.type)
+        values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        missing = [
+            n for n, f in known.items() if n not in values and f.default is f.default_factory
+        ]
+        raise ProtocolError(
+            f"{getattr(cls, 'type', '') or cls.__name__}: missing fields {sorted(missing)}"
+        ) from exc
+
+
+def parse(raw: str | bytes) -> Message:
+    """Raw text → message. Raises ``ProtocolError`` for anything malformed, oversized, unknown."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError("a message must be a JSON object")
+    kind = data.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    if data.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {data.get('v')!r}; this is {VERSION}")
+    if not isinstance(data.get("id"), str) or not 0 < len(data["id"]) <= 64:
+        raise ProtocolError("a message needs an 'id' string of 1 to 64 characters")
+    return _build(MESSAGE_TYPES[kind], data)
+
+
+def dump(message: Message) -> str:
+    return json.dumps(message.to_dict(), separators=(",", ":"))

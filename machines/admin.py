@@ -1,0 +1,185 @@
+"""Operator admin for the fleet. Actions call services so that every change is audited."""
+
+from django.contrib import admin, messages
+from django.utils.translation import gettext_lazy as _
+
+from .choices import HostStatus
+from .models import (
+    GPU,
+    AgentCommand,
+    GPUSample,
+    Host,
+    HostCredential,
+    HostSample,
+    JoinToken,
+    Region,
+)
+from .services.commands import command_create
+from .services.hosts import host_set_status
+from .services.join import credential_revoke, join_token_revoke
+
+
+@admin.register(Region)
+class RegionAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "location", "created_at"]
+    list_filter = ["created_at"]
+    search_fields = ["name", "slug", "location"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+class GPUInline(admin.TabularInline):
+    model = GPU
+    extra = 0
+    can_delete = False
+    fields = ["index", "model", "uuid", "health", "utilization", "temperature", "power_draw"]
+    readonly_fields = fields
+
+
+def _status_action(status, description):
+    @admin.action(description=description)
+    def set_status(modeladmin, request, queryset):
+        done = 0
+        for host in queryset:
+            try:
+                host_set_status(operator=request.user, host=host, status=status)
+                done += 1
+            except Exception as error:  # each host's refusal is reported, the rest proceed
+                modeladmin.message_user(request, f"{host}: {error}", messages.ERROR)
+        modeladmin.message_user(request, _("%(n)d hosts changed.") % {"n": done})
+
+    set_status.__name__ = f"set_{status}"
+    return set_status
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "region",
+        "status",
+        "connected",
+        "gpu_backend",
+        "agent_version",
+        "last_seen_at",
+    ]
+    list_filter = ["status", "connected", "region", "gpu_backend"]
+    search_fields = ["name", "address", "hostname", "cpu_model"]
+    list_select_related = ["region"]
+    inlines = [GPUInline]
+    readonly_fields = [
+        "status",
+        "status_reason",
+        "status_changed_at",
+        "hostname",
+        "cpu_model",
+        "cpu_cores",
+        "memory_total",
+        "disk_total",
+        "os",
+        "kernel",
+        "docker_version",
+        "agent_version",
+        "gpu_backend",
+        "containers",
+        "connected",
+        "last_seen_at",
+        "cpu_percent",
+        "memory_used",
+        "disk_used",
+    ]
+    actions = [
+        _status_action(HostStatus.MAINTENANCE, _("Put in maintenance")),
+        _status_action(HostStatus.DRAINING, _("Drain")),
+        _status_action(HostStatus.ONLINE, _("Return to service")),
+        _status_action(HostStatus.RETIRED, _("Retire")),
+        "revoke_credentials",
+        "ping",
+    ]
+
+    @admin.action(description=_("Revoke credentials (disconnects the agent)"))
+    def revoke_credentials(self, request, queryset):
+        for host in queryset:
+            credential_revoke(operator=request.user, host=host)
+        self.message_user(request, _("Credentials revoked."), messages.SUCCESS)
+
+    @admin.action(description=_("Ping the agent"))
+    def ping(self, request, queryset):
+        for host in queryset:
+            command_create(host=host, kind="ping", requested_by=request.user)
+        self.message_user(request, _("Ping queued."), messages.SUCCESS)
+
+
+@admin.register(GPU)
+class GPUAdmin(admin.ModelAdmin):
+    list_display = [
+        "host",
+        "index",
+        "model",
+        "health",
+        "utilization",
+        "temperature",
+        "memory_used",
+        "memory_total",
+    ]
+    list_filter = ["health", "model", "host__region"]
+    search_fields = ["uuid", "model", "host__name"]
+    list_select_related = ["host"]
+
+
+@admin.register(JoinToken)
+class JoinTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "region", "uses", "max_uses", "expires_at", "revoked_at", "created_by"]
+    list_filter = ["region", "created_at", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "key"]
+    readonly_fields = ["key", "digest", "uses", "revoked_at", "created_by"]
+    list_select_related = ["region", "created_by"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False  # minted on the operator pages, which show the token once
+
+    @admin.action(description=_("Revoke selected join tokens"))
+    def revoke(self, request, queryset):
+        for join_token in queryset:
+            join_token_revoke(operator=request.user, join_token=join_token)
+        self.message_user(request, _("Join tokens revoked."), messages.SUCCESS)
+
+
+@admin.register(HostCredential)
+class HostCredentialAdmin(admin.ModelAdmin):
+    list_display = ["host", "key", "last_used_at", "revoked_at", "created_at"]
+    list_filter = ["created_at", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["host__name", "key"]
+    readonly_fields = ["host", "key", "digest", "join_token", "last_used_at", "revoked_at"]
+    list_select_related = ["host"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(AgentCommand)
+class AgentCommandAdmin(admin.ModelAdmin):
+    list_display = ["id", "host", "kind", "status", "attempts", "created_at", "finished_at"]
+    list_filter = ["status", "kind", "created_at"]
+    search_fields = ["host__name", "error"]
+    readonly_fields = [f.name for f in AgentCommand._meta.fields]
+    list_select_related = ["host"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(HostSample)
+class HostSampleAdmin(admin.ModelAdmin):
+    list_display = ["host", "time", "cpu_percent", "memory_used", "disk_used"]
+    list_filter = ["time"]
+    search_fields = ["host__name"]
+    list_select_related = ["host"]
+
+
+@admin.register(GPUSample)
+class GPUSampleAdmin(admin.ModelAdmin):
+    list_display = ["gpu", "time", "utilization", "temperature", "power_draw", "memory_used"]
+    list_filter = ["time"]
+    search_fields = ["gpu__uuid", "gpu__host__name"]
+    list_select_related = ["gpu", "gpu__host"]

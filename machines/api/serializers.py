@@ -1,0 +1,250 @@
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from ..choices import CommandKind
+from ..models import GPU, AgentCommand, Host, JoinToken, Region
+
+
+class RegionSerializer(serializers.ModelSerializer):
+    host_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Region
+        fields = ["id", "name", "slug", "location", "description", "host_count", "created_at"]
+        read_only_fields = ["id", "host_count", "created_at"]
+
+
+class GPUSerializer(serializers.ModelSerializer):
+    host = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = GPU
+        fields = [
+            "id",
+            "host",
+            "uuid",
+            "index",
+            "model",
+            "memory_total",
+            "driver_version",
+            "cuda_version",
+            "compute_capability",
+            "health",
+            "utilization",
+            "memory_used",
+            "temperature",
+            "power_draw",
+            "power_limit",
+            "ecc_errors",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class HostSerializer(serializers.ModelSerializer):
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    gpu_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Host
+        fields = [
+            "id",
+            "name",
+            "address",
+            "region",
+            "labels",
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "heartbeat_interval",
+            "hostname",
+            "cpu_model",
+            "cpu_cores",
+            "memory_total",
+            "disk_total",
+            "os",
+            "kernel",
+            "docker_version",
+            "agent_version",
+            "gpu_backend",
+            "connected",
+            "last_seen_at",
+            "cpu_percent",
+            "memory_used",
+            "disk_used",
+            "gpu_count",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class HostDetailSerializer(HostSerializer):
+    gpus = GPUSerializer(many=True, read_only=True)
+
+    class Meta(HostSerializer.Meta):
+        fields = [*HostSerializer.Meta.fields, "gpus", "containers"]
+        read_only_fields = fields
+
+
+class HostLabelsSerializer(serializers.Serializer):
+    labels = serializers.DictField(child=serializers.CharField(max_length=100, allow_blank=True))
+
+
+class HostStatusSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class CredentialSerializer(serializers.Serializer):
+    credential = serializers.CharField(
+        help_text=_("The new host credential. It is shown only in this response.")
+    )
+
+
+class CommandCreateSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=CommandKind.choices)
+
+
+class AgentCommandSerializer(serializers.ModelSerializer):
+    host = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = AgentCommand
+        fields = [
+            "id",
+            "host",
+            "kind",
+            "payload",
+            "status",
+            "deadline",
+            "attempts",
+            "sent_at",
+            "acked_at",
+            "finished_at",
+            "result",
+            "error",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class JoinTokenSerializer(serializers.ModelSerializer):
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    is_usable = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = JoinToken
+        fields = [
+            "id",
+            "name",
+            "region",
+            "labels",
+            "expires_at",
+            "max_uses",
+            "uses",
+            "revoked_at",
+            "is_usable",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class JoinTokenCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    region = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Region.objects.all(), required=False, allow_null=True
+    )
+    labels = serializers.DictField(
+        child=serializers.CharField(max_length=100, allow_blank=True), required=False, default=dict
+    )
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    max_uses = serializers.IntegerField(min_value=1, max_value=10000, default=1)
+
+
+class JoinTokenCreatedSerializer(JoinTokenSerializer):
+    token = serializers.CharField(help_text=_("The join token. It is shown only here."))
+    join_command = serializers.CharField(help_text=_("The command to run on the new host."))
+
+    class Meta(JoinTokenSerializer.Meta):
+        fields = [*JoinTokenSerializer.Meta.fields, "token", "join_command"]
+        read_only_fields = fields
+
+
+class HostFactsSerializer(serializers.Serializer):
+    hostname = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    cpu_model = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    cpu_cores = serializers.IntegerField(min_value=0, required=False)
+    memory_total = serializers.IntegerField(min_value=0, required=False)
+    disk_total = serializers.IntegerField(min_value=0, required=False)
+    os = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    kernel = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    docker_version = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    agent_version = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    gpu_backend = serializers.CharField(max_length=20, required=False, allow_blank=True)
+
+
+class AgentJoinSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=200)
+    name = serializers.CharField(max_length=100)
+    facts = HostFactsSerializer(required=False)
+
+
+class AgentJoinedSerializer(serializers.Serializer):
+    host_id = serializers.IntegerField()
+    host_name = serializers.CharField()
+    credential = serializers.CharField()
+    websocket_url = serializers.CharField()
+    heartbeat_interval = serializers.IntegerField()
+
+
+class MetricsQuerySerializer(serializers.Serializer):
+    range = serializers.ChoiceField(
+        choices=["1h", "6h", "24h", "7d"],
+        default="1h",
+        help_text=_("How far back: 1h, 6h, 24h or 7d, in 120 buckets."),
+    )
+
+
+class HostSeriesSerializer(serializers.Serializer):
+    t = serializers.ListField(
+        child=serializers.IntegerField(), help_text=_("Bucket starts, epoch seconds.")
+    )
+    cpu = serializers.ListField(child=serializers.FloatField(allow_null=True))
+    memory = serializers.ListField(
+        child=serializers.FloatField(allow_null=True), help_text=_("Memory used, %.")
+    )
+
+
+class GPUSeriesSerializer(serializers.Serializer):
+    uuid = serializers.CharField()
+    index = serializers.IntegerField()
+    model = serializers.CharField()
+    memory_total = serializers.IntegerField(help_text=_("Bytes."))
+    t = serializers.ListField(
+        child=serializers.IntegerField(), help_text=_("Bucket starts, epoch seconds.")
+    )
+    utilization = serializers.ListField(child=serializers.FloatField(allow_null=True))
+    memory_used = serializers.ListField(child=serializers.IntegerField(), help_text=_("Bytes."))
+    temperature = serializers.ListField(child=serializers.FloatField(allow_null=True))
+    power_draw = serializers.ListField(child=serializers.FloatField(allow_null=True))
+
+
+class HostMetricsSerializer(serializers.Serializer):
+    range = serializers.CharField()
+    step = serializers.IntegerField(help_text=_("Bucket width in seconds."))
+    host = HostSeriesSerializer()
+    gpus = GPUSeriesSerializer(many=True)
+
+
+class FleetMetricsSerializer(serializers.Serializer):
+    range = serializers.CharField()
+    step = serializers.IntegerField(help_text=_("Bucket width in seconds."))
+    t = serializers.ListField(
+        child=serializers.IntegerField(), help_text=_("Bucket starts, epoch seconds.")
+    )
+    utilization = serializers.ListField(
+        child=serializers.FloatField(allow_null=True),
+        help_text=_("Average GPU utilisation across the fleet, %."),
+    )
+    gpus = serializers.ListField(
+        child=serializers.IntegerField(), help_text=_("GPUs that reported in the bucket.")
+    )

@@ -1,0 +1,274 @@
+"""API of the fleet. Operators only, except regions (readable by everyone signed in) and the
+agent's join endpoint (authenticated by the join token in its body)."""
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, permissions, status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from remotegpu.core.api.views import ScopedGenericViewSet, ScopedReadOnlyModelViewSet
+
+from .. import selectors
+from ..choices import HostStatus
+from ..models import GPU, AgentCommand, Host, JoinToken, Region
+from ..services import commands as command_services
+from ..services import hosts as host_services
+from ..services import join as join_services
+from . import serializers
+
+
+def websocket_url(request) -> str:
+    base = settings.SITE_URL.rstrip("/") if settings.SITE_URL else request.build_absolute_uri("/")
+    return (
+        base.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/")
+        + "/agent/ws/"
+    )
+
+
+def join_command(token: str) -> str:
+    server = settings.SITE_URL.rstrip("/")
+    return f"remotegpu-agent join --server {server} --token {token} && remotegpu-agent run"
+
+
+class ReadAnyWriteOperator(permissions.BasePermission):
+    def has_permission(self, request, view):
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return bool(request.user and request.user.is_staff)
+
+
+class AgentJoinView(APIView):
+    """An agent trades a join token for its host credential (shown once)."""
+
+    authentication_classes = []
+    permission_classes = [permissions.AllowAny]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "agent_join"
+
+    @extend_schema(
+        request=serializers.AgentJoinSerializer,
+        responses={201: serializers.AgentJoinedSerializer},
+        auth=[],
+    )
+    def post(self, request):
+        data = serializers.AgentJoinSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        joined = join_services.host_join(
+            token=data.validated_data["token"],
+            name=data.validated_data["name"],
+            facts=data.validated_data.get("facts"),
+        )
+        body = {
+            "host_id": joined.host.pk,
+            "host_name": joined.host.name,
+            "credential": joined.credential,
+            "websocket_url": websocket_url(request),
+            "heartbeat_interval": joined.host.heartbeat_interval,
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class RegionViewSet(
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    ScopedGenericViewSet,
+):
+    """Regions: everyone signed in reads them; operators manage them."""
+
+    serializer_class = serializers.RegionSerializer
+    queryset = Region.objects.none()
+    permission_classes = [permissions.IsAuthenticated, ReadAnyWriteOperator]
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def scoped_queryset(self):
+        return selectors.region_list()
+
+
+class OperatorMixin:
+    permission_classes = [permissions.IsAdminUser]
+
+
+class HostViewSet(OperatorMixin, ScopedReadOnlyModelViewSet):
+    """Hosts of the fleet, with their operator actions."""
+
+    serializer_class = serializers.HostSerializer
+    queryset = Host.objects.none()
+    filterset_fields = ["status", "region__slug", "connected"]
+    search_fields = ["name", "address", "hostname"]
+    ordering_fields = ["name", "last_seen_at", "status"]
+
+    def scoped_queryset(self):
+        queryset = selectors.host_list()
+        if self.action == "retrieve":
+            queryset = queryset.prefetch_related("gpus")
+        return queryset
+
+    def get_serializer_class(self):
+        if self.action == "retrieve":
+            return serializers.HostDetailSerializer
+        return serializers.HostSerializer
+
+    def _detail(self, host):
+        return Response(serializers.HostDetailSerializer(self.get_queryset().get(pk=host.pk)).data)
+
+    @extend_schema(
+        request=serializers.HostLabelsSerializer, responses=serializers.HostDetailSerializer
+    )
+    @action(detail=True, methods=["post"])
+    def labels(self, request, pk=None):
+        host = self.get_object()
+        data = serializers.HostLabelsSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        host_services.host_set_labels(
+            operator=request.user, host=host, labels=data.validated_data["labels"]
+        )
+        return self._detail(host)
+
+    def _set_status(self, request, target):
+        host = self.get_object()
+        data = serializers.HostStatusSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        host_services.host_set_status(
+            operator=request.user, host=host, status=target, reason=data.validated_data["reason"]
+        )
+        return self._detail(host)
+
+    @extend_schema(
+        request=serializers.HostStatusSerializer, responses=serializers.HostDetailSerializer
+    )
+    @action(detail=True, methods=["post"])
+    def maintenance(self, request, pk=None):
+        """Stop new placements for maintenance; what runs keeps running."""
+        return self._set_status(request, HostStatus.MAINTENANCE)
+
+    @extend_schema(
+        request=serializers.HostStatusSerializer, responses=serializers.HostDetailSerializer
+    )
+    @action(detail=True, methods=["post"])
+    def drain(self, request, pk=None):
+        """Stop new placements; what runs finishes."""
+        return self._set_status(request, HostStatus.DRAINING)
+
+    @extend_schema(
+        request=serializers.HostStatusSerializer, responses=serializers.HostDetailSerializer
+    )
+    @action(detail=True, methods=["post"])
+    def retire(self, request, pk=None):
+        """Take the host out of the fleet for good; its agent is disconnected."""
+        return self._set_status(request, HostStatus.RETIRED)
+
+    @extend_schema(
+        request=serializers.HostStatusSerializer, responses=serializers.HostDetailSerializer
+    )
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Return a host in maintenance or draining to service."""
+        return self._set_status(request, HostStatus.ONLINE)
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["post"], url_path="revoke-credential")
+    def revoke_credential(self, request, pk=None):
+        """Revoke the host's credential; its agent is disconnected at once."""
+        join_services.credential_revoke(operator=request.user, host=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses=serializers.CredentialSerializer)
+    @action(detail=True, methods=["post"], url_path="rotate-credential")
+    def rotate_credential(self, request, pk=None):
+        """Issue a new credential (shown once) and revoke the old one."""
+        credential = join_services.credential_rotate(operator=request.user, host=self.get_object())
+        return Response({"credential": credential})
+
+    @extend_schema(
+        parameters=[serializers.MetricsQuerySerializer],
+        responses=serializers.HostMetricsSerializer,
+    )
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, pk=None):
+        """CPU, memory and per-GPU figures over a range, averaged in 120 buckets."""
+        query = serializers.MetricsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(selectors.host_metrics(self.get_object(), query.validated_data["range"]))
+
+    @extend_schema(
+        request=serializers.CommandCreateSerializer,
+        responses={201: serializers.AgentCommandSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def commands(self, request, pk=None):
+        """Queue a command for the host's agent (durable: sent when it is connected)."""
+        data = serializers.CommandCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        command = command_services.command_create(
+            host=self.get_object(), kind=data.validated_data["kind"], requested_by=request.user
+        )
+        return Response(
+            serializers.AgentCommandSerializer(command).data, status=status.HTTP_201_CREATED
+        )
+
+
+class FleetMetricsView(OperatorMixin, APIView):
+    """Average GPU utilisation across the fleet over a range, in 120 buckets."""
+
+    @extend_schema(
+        parameters=[serializers.MetricsQuerySerializer],
+        responses=serializers.FleetMetricsSerializer,
+    )
+    def get(self, request):
+        query = serializers.MetricsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(selectors.fleet_metrics(query.validated_data["range"]))
+
+
+class GPUViewSet(OperatorMixin, ScopedReadOnlyModelViewSet):
+    serializer_class = serializers.GPUSerializer
+    queryset = GPU.objects.none()
+    filterset_fields = ["host", "model", "health"]
+
+    def scoped_queryset(self):
+        return selectors.gpu_list()
+
+
+class AgentCommandViewSet(OperatorMixin, ScopedReadOnlyModelViewSet):
+    serializer_class = serializers.AgentCommandSerializer
+    queryset = AgentCommand.objects.none()
+    filterset_fields = ["host", "kind", "status"]
+
+    def scoped_queryset(self):
+        return selectors.command_list()
+
+
+class JoinTokenViewSet(
+    OperatorMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedGenericViewSet
+):
+    """Join tokens. The token and its join command are shown once, at creation."""
+
+    serializer_class = serializers.JoinTokenSerializer
+    queryset = JoinToken.objects.none()
+
+    def scoped_queryset(self):
+        return selectors.join_token_list()
+
+    @extend_schema(
+        request=serializers.JoinTokenCreateSerializer,
+        responses={201: serializers.JoinTokenCreatedSerializer},
+    )
+    def create(self, request):
+        data = serializers.JoinTokenCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        issued = join_services.join_token_create(operator=request.user, **data.validated_data)
+        body = serializers.JoinTokenSerializer(issued.join_token).data | {
+            "token": issued.plaintext,
+            "join_command": join_command(issued.plaintext),
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(description="Revoke the join token; hosts that joined with it stay.")
+    def destroy(self, request, pk=None):
+        join_services.join_token_revoke(operator=request.user, join_token=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)

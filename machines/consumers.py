@@ -1,0 +1,133 @@
+"""The agent's WebSocket: ``/agent/ws/``."""
+
+from __future__ import annotations
+
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils import timezone
+from remotegpu_agent import protocol
+
+from .services import commands as command_services
+from .services import hosts as host_services
+from .services.heartbeats import batcher
+from .services.join import credential_authenticate
+from .services.realtime import CLOSE_CREDENTIAL_INVALID, agent_group
+
+logger = logging.getLogger(__name__)
+
+
+def _bearer(scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, credential = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return credential.strip()
+    return ""
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    """One host agent's connection.
+
+    The agent authenticates with ``Authorization: Bearer rhc_...`` at the handshake; an invalid
+    or revoked credential is refused before accept (the client sees HTTP 403). The server then
+    sends ``welcome`` and every open command; the agent sends ``inventory``, ``heartbeat``,
+    ``command_ack`` and ``command_result``. A malformed, oversized or unknown message is
+    answered with ``error`` and logged; it never closes the socket or crashes the server.
+    Revoking the credential closes the socket with 4403 (group event ``agent.disconnect``).
+    """
+
+    host = None
+
+    async def connect(self):
+        credential = await database_sync_to_async(credential_authenticate)(_bearer(self.scope))
+        if credential is None:
+            logger.warning("agent refused: invalid credential from %s", self.scope.get("client"))
+            await self.close(code=CLOSE_CREDENTIAL_INVALID)
+            return
+        self.host = credential.host
+        self.group = agent_group(self.host.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await database_sync_to_async(host_services.host_connected)(self.host, self.channel_name)
+        await self._send(
+            protocol.Welcome(
+                host_id=self.host.pk,
+                host_name=self.host.name,
+                heartbeat_interval=self.host.heartbeat_interval,
+            )
+        )
+        await self._send_commands()
+
+    async def disconnect(self, code):
+        if self.host is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            await database_sync_to_async(host_services.host_disconnected)(self.host.pk)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        raw = text_data if text_data is not None else bytes_data
+        try:
+            message = protocol.parse(raw or "")
+        except protocol.ProtocolError as error:
+            logger.warning("host %s sent a refused message: %s", self.host.pk, error)
+            await self._send(protocol.Error(reason=str(error)[:500]))
+            return
+        handler = {
+            protocol.Heartbeat: self._on_heartbeat,
+            protocol.Inventory: self._on_inventory,
+            protocol.CommandAck: self._on_ack,
+            protocol.CommandResult: self._on_result,
+        }.get(type(message))
+        if handler is None:
+            logger.warning("host %s sent a server-only message %s", self.host.pk, message.type)
+            await self._send(
+                protocol.Error(reason=f"{message.type} is not an agent message", ref=message.id)
+            )
+            return
+        await handler(message)
+
+    async def _on_heartbeat(self, message):
+        batcher.add(self.host.pk, message, timezone.now())
+
+    async def _on_inventory(self, message):
+        await database_sync_to_async(host_services.host_apply_inventory)(self.host, message)
+
+    async def _on_ack(self, message):
+        await database_sync_to_async(command_services.command_acknowledge)(
+            self.host.pk, message.command_id
+        )
+
+    async def _on_result(self, message):
+        await database_sync_to_async(command_services.command_finish)(
+            self.host.pk,
+            message.command_id,
+            ok=message.ok,
+            result=message.result,
+            error=message.error,
+        )
+
+    async def _send(self, message):
+        await self.send(text_data=protocol.dump(message))
+
+    async def _send_commands(self, command_id: str | None = None):
+        commands = await database_sync_to_async(command_services.command_list_to_send)(
+            self.host.pk, command_id
+        )
+        for command in commands:
+            await self._send(
+                protocol.Command(
+                    command_id=str(command.pk),
+                    kind=command.kind,
+                    payload=command.payload,
+                    deadline=command.deadline.timestamp(),
+                )
+            )
+
+    # Group events --------------------------------------------------------------------------
+
+    async def agent_command(self, event):
+        await self._send_commands(event["command_id"])
+
+    async def agent_disconnect(self, event):
+        await self.close(code=event.get("code", 4403))

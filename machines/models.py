@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from remotegpu.core.models import TimeStampedModel
+
+from .choices import CommandKind, CommandStatus, GPUHealth, HostStatus
+
+
+class Region(TimeStampedModel):
+    """A cluster of hosts in one place (a data centre, a room, a rack row)."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    slug = models.SlugField(_("slug"), max_length=60, unique=True)
+    location = models.CharField(_("location"), max_length=200, blank=True)
+    description = models.TextField(_("description"), blank=True)
+
+    class Meta:
+        verbose_name = _("region")
+        verbose_name_plural = _("regions")
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Host(TimeStampedModel):
+    """A GPU server. What it is comes from its agent, not from what someone typed."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    address = models.CharField(
+        _("address"),
+        max_length=255,
+        unique=True,
+        null=True,
+        blank=True,
+        help_text=_("Host name or IP address operators and SSH reach it at."),
+    )
+    region = models.ForeignKey(
+        Region,
+        verbose_name=_("region"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="hosts",
+    )
+    labels = models.JSONField(_("labels"), default=dict, blank=True)
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=HostStatus.choices,
+        default=HostStatus.PENDING,
+        db_index=True,
+    )
+    status_reason = models.CharField(_("status reason"), max_length=200, blank=True)
+    status_changed_at = models.DateTimeField(_("status changed"), default=timezone.now)
+    heartbeat_interval = models.PositiveIntegerField(_("heartbeat interval (s)"), default=15)
+    # Reported by the agent.
+    hostname = models.CharField(_("host name"), max_length=255, blank=True)
+    cpu_model = models.CharField(_("CPU model"), max_length=200, blank=True)
+    cpu_cores = models.PositiveIntegerField(_("CPU cores"), default=0)
+    memory_total = models.BigIntegerField(_("memory (bytes)"), default=0)
+    disk_total = models.BigIntegerField(_("disk (bytes)"), default=0)
+    os = models.CharField(_("operating system"), max_length=200, blank=True)
+    kernel = models.CharField(_("kernel"), max_length=200, blank=True)
+    docker_version = models.CharField(_("Docker version"), max_length=50, blank=True)
+    agent_version = models.CharField(_("agent version"), max_length=50, blank=True)
+    gpu_backend = models.CharField(_("GPU back end"), max_length=20, blank=True)
+    containers = models.JSONField(_("managed containers"), default=list, blank=True)
+    connected = models.BooleanField(_("agent connected"), default=False)
+    last_seen_at = models.DateTimeField(_("last seen"), null=True, blank=True, db_index=True)
+    # The latest heartbeat, for list pages that must not touch the metrics tables.
+    cpu_percent = models.FloatField(_("CPU %"), null=True, blank=True)
+    memory_used = models.BigIntegerField(_("memory used"), null=True, blank=True)
+    disk_used = models.BigIntegerField(_("disk used"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("host")
+        verbose_name_plural = _("hosts")
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def labels_text(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in sorted(self.labels.items()))
+
+
+class GPU(TimeStampedModel):
+    host = models.ForeignKey(
+        Host, verbose_name=_("host"), on_delete=models.CASCADE, related_name="gpus"
+    )
+    uuid = models.CharField(_("UUID"), max_length=100, unique=True)
+    index = models.PositiveSmallIntegerField(_("index"))
+    model = models.CharField(_("model"), max_length=100)
+    memory_total = models.BigIntegerField(_("memory (bytes)"))
+    driver_version = models.CharField(_("driver version"), max_length=50, blank=True)
+    cuda_version = models.CharField(_("CUDA version"), max_length=20, blank=True)
+    compute_capability = models.CharField(_("compute capability"), max_length=10, blank=True)
+    health = models.CharField(
+        _("health"), max_length=16, choices=GPUHealth.choices, default=GPUHealth.OK, db_index=True
+    )
+    # Latest heartbeat figures.
+    utilization = models.FloatField(_("utilisation %"), null=True, blank=True)
+    memory_used = models.BigIntegerField(_("memory used"), null=True, blank=True)
+    temperature = models.FloatField(_("temperature °C"), null=True, blank=True)
+    power_draw = models.FloatField(_("power W"), null=True, blank=True)
+    power_limit = models.FloatField(_("power limit W"), null=True, blank=True)
+    ecc_errors = models.BigIntegerField(_("ECC errors"), default=0)
+
+    class Meta:
+        verbose_name = _("GPU")
+        verbose_name_plural = _("GPUs")
+        ordering = ["host__name", "index"]
+
+    def __str__(self):
+        return f"{self.host.name}#{self.index} {self.model}"
+
+
+class JoinToken(TimeStampedModel):
+    """Lets agents join. Only a digest is stored; the operator sees the token once."""
+
+    name = models.CharField(_("name"), max_length=100)
+    key = models.CharField(_("key"), max_length=16, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    region = models.ForeignKey(
+        Region,
+        verbose_name=_("region"),
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    labels = models.JSONField(_("labels to apply"), default=dict, blank=True)
+    expires_at = models.DateTimeField(_("expires"))
+    max_uses = models.PositiveIntegerField(_("maximum uses"), default=1)
+    uses = models.PositiveIntegerField(_("uses"), default=0)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = _("join token")
+        verbose_name_plural = _("join tokens")
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def is_usable(self) -> bool:
+        return (
+            self.revoked_at is None
+            and self.uses < self.max_uses
+            and self.expires_at > timezone.now()
+        )
+
+
+class HostCredential(TimeStampedModel):
+    """The per-host secret an agent authenticates with: ``rhc_<key>_<secret>``, digest only."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="credentials")
+    key = models.CharField(max_length=16, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    join_token = models.ForeignKey(
+        JoinToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("host credential")
+        verbose_name_plural = _("host credentials")
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.host} (rhc_{self.key}_…)"
+
+
+class AgentCommand(TimeStampedModel):
+    """A durable command: a row first, then a message; resent until acknowledged."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="commands")
+    kind = models.CharField(_("kind"), max_length=40, choices=CommandKind.choices)
+    payload = models.JSONField(_("payload"), default=dict, blank=True)
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=CommandStatus.choices,
+        default=CommandStatus.PENDING,
+        db_index=True,
+    )
+    deadline = models.DateTimeField(_("deadline"))
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    sent_at = models.DateTimeField(_("sent"), null=True, blank=True)
+    acked_at = models.DateTimeField(_("acknowledged"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    result = models.JSONField(_("result"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = _("agent command")
+        verbose_name_plural = _("agent commands")
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["host", "status"])]
+
+    def __str__(self):
+        return f"{self.kind} → {self.host_id} ({self.status})"
+
+
+class HostSample(models.Model):
+    """One heartbeat's host figures, kept raw for a day; ``time`` is the agent's clock."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="+")
+    time = models.DateTimeField(db_index=True)
+    cpu_percent = models.FloatField()
+    memory_used = models.BigIntegerField()
+    memory_total = models.BigIntegerField()
+    disk_used = models.BigIntegerField()
+    disk_total = models.BigIntegerField()
+    load1 = models.FloatField(default=0)
+
+    class Meta:
+        verbose_name = _("host sample")
+        verbose_name_plural = _("host samples")
+        constraints = [
+            models.UniqueConstraint(fields=["host", "time"], name="unique_host_sample"),
+        ]
+
+    def __str__(self):
+        return f"{self.host_id} @ {self.time:%Y-%m-%d %H:%M:%S}"
+
+
+class GPUSample(models.Model):
+    """One heartbeat's figures for one GPU."""
+
+    gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="+")
+    time = models.DateTimeField(db_index=True)
+    utilization = models.FloatField()
+    memory_used = models.BigIntegerField()
+    temperature = models.FloatField()
+    power_draw = models.FloatField()
+    ecc_errors = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("GPU sample")
+        verbose_name_plural = _("GPU samples")
+        constraints = [
+            models.UniqueConstraint(fields=["gpu", "time"], name="unique_gpu_sample"),
+        ]
+
+    def __str__(self):
+        return f"{self.gpu_id} @ {self.time:%Y-%m-%d %H:%M:%S}"

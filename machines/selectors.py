@@ -1,0 +1,257 @@
+"""Reads of the fleet."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.contrib.postgres.aggregates import ArrayAgg
+from django.db.models import (
+    Avg,
+    Count,
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Func,
+    Q,
+    QuerySet,
+    Value,
+)
+from django.db.models.functions import Cast, NullIf
+from django.utils import timezone
+
+from .choices import GPUHealth, HostStatus
+from .models import (
+    GPU,
+    AgentCommand,
+    GPUSample,
+    Host,
+    HostCredential,
+    HostSample,
+    JoinToken,
+    Region,
+)
+
+
+def region_list() -> QuerySet[Region]:
+    return Region.objects.annotate(host_count=Count("hosts")).order_by("name")
+
+
+def host_list() -> QuerySet[Host]:
+    return (
+        Host.objects.select_related("region")
+        .annotate(
+            gpu_count=Count("gpus", filter=~Q(gpus__health=GPUHealth.LOST)),
+        )
+        .order_by("name")
+    )
+
+
+def gpu_list() -> QuerySet[GPU]:
+    return GPU.objects.select_related("host", "host__region").order_by("host__name", "index")
+
+
+def join_token_list() -> QuerySet[JoinToken]:
+    return JoinToken.objects.select_related("region", "created_by")
+
+
+def command_list() -> QuerySet[AgentCommand]:
+    return AgentCommand.objects.select_related("host", "requested_by")
+
+
+def fleet_summary() -> dict:
+    """Figures of the fleet overview, in two queries."""
+    hosts = Host.objects.aggregate(
+        total=Count("id"),
+        **{status: Count("id", filter=Q(status=status)) for status in HostStatus.values},
+    )
+    gpus = GPU.objects.exclude(health=GPUHealth.LOST).aggregate(total=Count("id"))
+    return {"hosts": hosts, "gpus": gpus}
+
+
+# Operator pages ----------------------------------------------------------------------------
+
+
+def host_list_with_figures() -> QuerySet[Host]:
+    """``host_list()`` with what the host list page shows: GPU models and memory use in %."""
+    return host_list().annotate(
+        gpu_models=ArrayAgg(
+            "gpus__model",
+            distinct=True,
+            filter=Q(gpus__health__in=[GPUHealth.OK, GPUHealth.DEGRADED]),
+            default=Value([]),
+        ),
+        memory_percent=ExpressionWrapper(
+            Cast("memory_used", FloatField()) * 100 / NullIf("memory_total", 0),
+            output_field=FloatField(),
+        ),
+    )
+
+
+def host_list_recently_offline(limit: int = 10) -> QuerySet[Host]:
+    return (
+        Host.objects.filter(status=HostStatus.OFFLINE)
+        .select_related("region")
+        .order_by("-status_changed_at")[:limit]
+    )
+
+
+def gpu_figures_by_model() -> list[dict]:
+    """GPUs per model: total (lost ones apart), healthy, degraded, lost, and free.
+
+    Free is every healthy GPU on an online host until environments allocate GPUs."""
+    return list(
+        GPU.objects.values("model")
+        .annotate(
+            total=Count("id", filter=~Q(health=GPUHealth.LOST)),
+            healthy=Count("id", filter=Q(health=GPUHealth.OK)),
+            degraded=Count("id", filter=Q(health=GPUHealth.DEGRADED)),
+            lost=Count("id", filter=Q(health=GPUHealth.LOST)),
+            free=Count("id", filter=Q(health=GPUHealth.OK, host__status=HostStatus.ONLINE)),
+        )
+        .order_by("-total", "model")
+    )
+
+
+def host_credential_list(host: Host) -> QuerySet[HostCredential]:
+    return HostCredential.objects.filter(host=host, revoked_at__isnull=True).order_by("-created_at")
+
+
+# Metrics -----------------------------------------------------------------------------------
+
+METRIC_RANGES = {
+    "1h": timedelta(hours=1),
+    "6h": timedelta(hours=6),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+}
+METRIC_POINTS = 120  # buckets per range: 30 s for an hour, 84 min for a week
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class DateBin(Func):
+    """PostgreSQL's ``date_bin(stride, source, origin)``: the start of ``source``'s bucket."""
+
+    function = "date_bin"
+    output_field = DateTimeField()
+
+
+def _window(range_name: str, now: datetime | None) -> tuple[timedelta, datetime]:
+    span = METRIC_RANGES[range_name]
+    step = span / METRIC_POINTS
+    now = now or timezone.now()
+    # Buckets start on multiples of the step since the epoch, so that a refresh a few seconds
+    # later lands on the same buckets and the chart does not shimmer.
+    first = (now - span - _EPOCH) // step * step + _EPOCH
+    return step, first
+
+
+def _bucketed(queryset, step: timedelta):
+    return queryset.annotate(
+        bucket=DateBin(
+            Value(step, output_field=DurationField()),
+            F("time"),
+            Value(_EPOCH, output_field=DateTimeField()),
+        )
+    ).values("bucket")
+
+
+def _rounded(value, digits: int = 2):
+    return None if value is None else round(value, digits)
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def host_metrics(host: Host, range_name: str, now: datetime | None = None) -> dict:
+    """The host's and each GPU's figures over ``range_name``, averaged per bucket in SQL.
+
+    Three queries whatever the range or the number of GPUs."""
+    step, first = _window(range_name, now)
+    host_rows = (
+        _bucketed(HostSample.objects.filter(host=host, time__gte=first), step)
+        .annotate(
+            cpu=Avg("cpu_percent"),
+            memory=Avg(
+                Cast("memory_used", FloatField()) * 100 / NullIf("memory_total", 0),
+                output_field=FloatField(),
+            ),
+        )
+        .order_by("bucket")
+    )
+    gpus = list(
+        GPU.objects.filter(host=host)
+        .exclude(health=GPUHealth.LOST)
+        .order_by("index", "uuid")
+        .values("id", "uuid", "index", "model", "memory_total")
+    )
+    gpu_rows = (
+        _bucketed(GPUSample.objects.filter(gpu__host=host, time__gte=first), step)
+        .annotate(
+            utilization=Avg("utilization"),
+            memory_used=Avg("memory_used"),
+            temperature=Avg("temperature"),
+            power_draw=Avg("power_draw"),
+        )
+        .values("gpu_id", "bucket", "utilization", "memory_used", "temperature", "power_draw")
+        .order_by("gpu_id", "bucket")
+    )
+    series = {
+        gpu["id"]: {
+            "uuid": gpu["uuid"],
+            "index": gpu["index"],
+            "model": gpu["model"],
+            "memory_total": gpu["memory_total"],
+            "t": [],
+            "utilization": [],
+            "memory_used": [],
+            "temperature": [],
+            "power_draw": [],
+        }
+        for gpu in gpus
+    }
+    for row in gpu_rows:
+        gpu = series.get(row["gpu_id"])
+        if gpu is None:  # a lost GPU's old samples
+            continue
+        gpu["t"].append(_epoch(row["bucket"]))
+        gpu["utilization"].append(_rounded(row["utilization"]))
+        gpu["memory_used"].append(int(row["memory_used"]))
+        gpu["temperature"].append(_rounded(row["temperature"]))
+        gpu["power_draw"].append(_rounded(row["power_draw"]))
+    host_series = {"t": [], "cpu": [], "memory": []}
+    for row in host_rows:
+        host_series["t"].append(_epoch(row["bucket"]))
+        host_series["cpu"].append(_rounded(row["cpu"]))
+        host_series["memory"].append(_rounded(row["memory"]))
+    return {
+        "range": range_name,
+        "step": int(step.total_seconds()),
+        "host": host_series,
+        "gpus": list(series.values()),
+    }
+
+
+def fleet_metrics(range_name: str, now: datetime | None = None) -> dict:
+    """Average GPU utilisation across the fleet per bucket, and how many GPUs reported; one
+    query."""
+    step, first = _window(range_name, now)
+    rows = (
+        _bucketed(GPUSample.objects.filter(time__gte=first), step)
+        .annotate(utilization=Avg("utilization"), gpus=Count("gpu_id", distinct=True))
+        .order_by("bucket")
+    )
+    result = {
+        "range": range_name,
+        "step": int(step.total_seconds()),
+        "t": [],
+        "utilization": [],
+        "gpus": [],
+    }
+    for row in rows:
+        result["t"].append(_epoch(row["bucket"]))
+        result["utilization"].append(_rounded(row["utilization"]))
+        result["gpus"].append(row["gpus"])
+    return result

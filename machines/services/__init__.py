@@ -1,0 +1,1 @@
+"""Business logic of the fleet: every write goes through a function here."""

@@ -1,0 +1,102 @@
+"""Durable commands: a row first (``pending``), then a message; ``sent -> acked ->
+succeeded|failed``. On reconnect every open command is resent; the agent de-duplicates by id.
+A command past its deadline fails visibly."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.models import User
+from remotegpu.core.errors import PermissionDenied, ValidationError
+
+from ..choices import OPEN_COMMAND_STATES, CommandKind, CommandStatus
+from ..models import AgentCommand, Host
+from .realtime import send_to_agent
+
+DEFAULT_TIMEOUT = timedelta(minutes=5)
+MAX_RESULT_BYTES = 200_000
+
+
+@transaction.atomic
+def command_create(
+    *,
+    host: Host,
+    kind: str,
+    payload: dict | None = None,
+    requested_by: User | None = None,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> AgentCommand:
+    if requested_by is not None and not requested_by.is_staff:
+        raise PermissionDenied(_("Only operators can send commands to hosts."))
+    if kind not in CommandKind.values:
+        raise ValidationError.for_field("kind", _("Unknown command."))
+    command = AgentCommand.objects.create(
+        host=host,
+        kind=kind,
+        payload=payload or {},
+        deadline=timezone.now() + timeout,
+        requested_by=requested_by,
+    )
+    send_to_agent(host.pk, {"type": "agent.command", "command_id": str(command.pk)})
+    return command
+
+
+def command_list_to_send(host_id: int, command_id: str | None = None) -> list[AgentCommand]:
+    """Open commands to (re)send to the agent, oldest first, marking them sent."""
+    now = timezone.now()
+    queryset = AgentCommand.objects.filter(
+        host_id=host_id, status__in=OPEN_COMMAND_STATES, deadline__gt=now
+    )
+    if command_id is not None:
+        queryset = queryset.filter(pk=command_id)
+    commands = list(queryset.order_by("created_at"))
+    if commands:
+        AgentCommand.objects.filter(
+            pk__in=[c.pk for c in commands], status=CommandStatus.PENDING
+        ).update(status=CommandStatus.SENT, sent_at=now)
+        AgentCommand.objects.filter(pk__in=[c.pk for c in commands]).update(
+            attempts=F("attempts") + 1
+        )
+    return commands
+
+
+def command_acknowledge(host_id: int, command_id: str) -> bool:
+    return bool(
+        AgentCommand.objects.filter(
+            host_id=host_id, pk=command_id, status__in=[CommandStatus.PENDING, CommandStatus.SENT]
+        ).update(status=CommandStatus.ACKED, acked_at=timezone.now())
+    )
+
+
+def command_finish(host_id: int, command_id: str, *, ok: bool, result: dict, error: str) -> bool:
+    """Record the outcome once; a resent result for a finished command changes nothing."""
+    if len(json.dumps(result)) > MAX_RESULT_BYTES:
+        result = {"truncated": True}
+        error = error or "result too large"
+    return bool(
+        AgentCommand.objects.filter(
+            host_id=host_id, pk=command_id, status__in=OPEN_COMMAND_STATES
+        ).update(
+            status=CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED,
+            result=result,
+            error=error[:10_000],
+            finished_at=timezone.now(),
+        )
+    )
+
+
+def command_expire_overdue() -> int:
+    """Open commands past their deadline fail with a reason (beat)."""
+    return AgentCommand.objects.filter(
+        status__in=OPEN_COMMAND_STATES, deadline__lte=timezone.now()
+    ).update(
+        status=CommandStatus.FAILED,
+        error=_("No result before the deadline."),
+        finished_at=timezone.now(),
+    )

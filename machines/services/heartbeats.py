@@ -1,0 +1,203 @@
+"""Heartbeats are written in batches: one round of set-based SQL per flush, not a row per beat.
+
+Each daphne process has one ``HeartbeatBatcher``. Consumers ``add`` parsed heartbeats (cheap,
+in memory); a background task ``flush``es every ``FLUSH_INTERVAL`` seconds or at
+``MAX_BATCH`` heartbeats: samples are inserted with ``ON CONFLICT DO NOTHING`` (a heartbeat
+resent after a reconnect, or a restarted agent, is stored once, keyed by host and agent time),
+and each host's and GPU's latest figures are updated with one ``UPDATE ... FROM (VALUES ...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+from remotegpu_agent import protocol
+
+from ..choices import HostStatus
+from ..models import GPU, GPUSample, Host, HostSample
+
+logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.5
+MAX_BATCH = 2000
+
+
+@dataclass
+class PendingHeartbeat:
+    host_id: int
+    heartbeat: object  # remotegpu_agent.protocol.Heartbeat
+    received_at: datetime
+
+
+def heartbeat_time(heartbeat) -> datetime:
+    """The agent's time of ``heartbeat``; ``ProtocolError`` when it is no time at all.
+
+    Checked when the heartbeat arrives, so that one agent's impossible clock is refused to that
+    agent instead of failing the batch that holds everybody's heartbeats.
+    """
+    try:
+        return datetime.fromtimestamp(heartbeat.time, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise protocol.ProtocolError(f"heartbeat.time: {heartbeat.time!r} is not a time") from exc
+
+
+def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
+    """Write a batch; returns how many heartbeats it held. Synchronous (runs in a thread)."""
+    if not pending:
+        return 0
+    host_ids = {item.host_id for item in pending}
+    gpu_ids = {
+        (host_id, uuid): pk
+        for pk, host_id, uuid in GPU.objects.filter(host_id__in=host_ids).values_list(
+            "pk", "host_id", "uuid"
+        )
+    }
+    host_samples, gpu_samples = [], []
+    latest_host: dict[int, tuple] = {}
+    latest_gpu: dict[int, tuple] = {}
+    for item in pending:
+        beat = item.heartbeat
+        when = heartbeat_time(beat)
+        host_samples.append(
+            HostSample(
+                host_id=item.host_id,
+                time=when,
+                cpu_percent=beat.cpu_percent,
+                memory_used=beat.memory_used,
+                memory_total=beat.memory_total,
+                disk_used=beat.disk_used,
+                disk_total=beat.disk_total,
+                load1=beat.load1,
+            )
+        )
+        latest_host[item.host_id] = (
+            item.host_id,
+            item.received_at,
+            beat.cpu_percent,
+            beat.memory_used,
+            beat.disk_used,
+        )
+        for sample in beat.gpus:
+            gpu_id = gpu_ids.get((item.host_id, sample.uuid))
+            if gpu_id is None:
+                continue  # not in the inventory yet; the next inventory adds it
+            gpu_samples.append(
+                GPUSample(
+                    gpu_id=gpu_id,
+                    time=when,
+                    utilization=sample.utilization,
+                    memory_used=sample.memory_used,
+                    temperature=sample.temperature,
+                    power_draw=sample.power_draw,
+                    ecc_errors=sample.ecc_errors,
+                )
+            )
+            latest_gpu[gpu_id] = (
+                gpu_id,
+                sample.utilization,
+                sample.memory_used,
+                sample.temperature,
+                sample.power_draw,
+                sample.power_limit,
+                sample.ecc_errors,
+            )
+    with transaction.atomic():
+        HostSample.objects.bulk_create(host_samples, ignore_conflicts=True)
+        GPUSample.objects.bulk_create(gpu_samples, ignore_conflicts=True)
+        with connection.cursor() as cursor:
+            _update_from_values(
+                cursor,
+                "machines_host",
+                ["id", "last_seen_at", "cpu_percent", "memory_used", "disk_used"],
+                ["bigint", "timestamptz", "float8", "bigint", "bigint"],
+                list(latest_host.values()),
+            )
+            _update_from_values(
+                cursor,
+                "machines_gpu",
+                [
+                    "id",
+                    "utilization",
+                    "memory_used",
+                    "temperature",
+                    "power_draw",
+                    "power_limit",
+                    "ecc_errors",
+                ],
+                ["bigint", "float8", "bigint", "float8", "float8", "float8", "bigint"],
+                list(latest_gpu.values()),
+            )
+        # Offline detection may have fired while the socket stayed up (a slow flush, a database
+        # hiccup): a heartbeat proves the host is there. Operator states are left alone.
+        Host.objects.filter(pk__in=host_ids, status=HostStatus.OFFLINE).update(
+            status=HostStatus.ONLINE, status_reason="", status_changed_at=timezone.now()
+        )
+    return len(pending)
+
+
+def _update_from_values(cursor, table, columns, types, rows) -> None:
+    """``UPDATE table SET c = v.c ... FROM (VALUES ...) v WHERE table.id = v.id``: one statement
+    for any number of rows. Table and column names are ours, never input."""
+    if not rows:
+        return
+    placeholders = ", ".join("(" + ", ".join(f"%s::{kind}" for kind in types) + ")" for _ in rows)
+    assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
+    sql = (
+        f"UPDATE {table} SET {assignments} FROM (VALUES {placeholders}) "  # noqa: S608
+        f"AS v({', '.join(columns)}) WHERE {table}.id = v.id"
+    )
+    cursor.execute(sql, [value for row in rows for value in row])
+
+
+class HeartbeatBatcher:
+    """Collects heartbeats in memory and writes them in batches from one background task."""
+
+    def __init__(self, store=heartbeats_store):
+        self._pending: list[PendingHeartbeat] = []
+        self._store = store
+        self._task: asyncio.Task | None = None
+        self._wakeup: asyncio.Event | None = None
+
+    def add(self, host_id: int, heartbeat, received_at: datetime) -> None:
+        self._pending.append(PendingHeartbeat(host_id, heartbeat, received_at))
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run())
+        if len(self._pending) >= MAX_BATCH and self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        from channels.db import database_sync_to_async
+
+        store = database_sync_to_async(self._store)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), FLUSH_INTERVAL)
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                await store(batch)
+            except Exception:
+                # A failed batch is logged and dropped: heartbeats are a stream, the next one
+                # carries the same figures, and holding them would grow memory without bound.
+                logger.exception("could not store %d heartbeats", len(batch))
+
+    async def flush(self) -> None:
+        """Write whatever is pending now (tests, shutdown)."""
+        from channels.db import database_sync_to_async
+
+        batch, self._pending = self._pending, []
+        if batch:
+            await database_sync_to_async(self._store)(batch)
+
+
+batcher = HeartbeatBatcher()

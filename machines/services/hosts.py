@@ -1,0 +1,252 @@
+"""Host lifecycle: connection, inventory, operator states, labels, offline detection."""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.choices import AuditAction, NotificationLevel
+from accounts.models import User
+from accounts.services.audit import audit_record
+from accounts.services.notifications import notification_create
+from remotegpu.core.errors import PermissionDenied, ValidationError
+
+from ..choices import OPERATOR_STATES, GPUHealth, HostStatus
+from ..models import GPU, Host
+
+logger = logging.getLogger(__name__)
+
+LABEL_KEY = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9._/-]{0,62}[a-zA-Z0-9])?$")
+OFFLINE_AFTER_MISSED_HEARTBEATS = 3
+
+
+def _not_a_label(item: str) -> ValidationError:
+    return ValidationError.for_field(
+        "labels", _("“%(item)s” is not a key=value label.") % {"item": item[:60]}
+    )
+
+
+def _label(key: str, value: str, item: str) -> tuple[str, str]:
+    key, value = key.strip(), value.strip()
+    # A value may not hold the separators of the text form, so labels edit back as they show.
+    if not LABEL_KEY.match(key) or len(value) > 100 or any(c in value for c in ",\n"):
+        raise _not_a_label(item)
+    return key, value
+
+
+def labels_parse(text: str) -> dict[str, str]:
+    """``"gpu=a100, zone=b"`` → ``{"gpu": "a100", "zone": "b"}``; a field error when malformed."""
+    labels: dict[str, str] = {}
+    for item in re.split(r"[,\n]", text or ""):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _not_a_label(item)
+        key, value = _label(key, value, item)
+        labels[key] = value
+    return labels
+
+
+def labels_validate(labels) -> dict[str, str]:
+    """The object form of labels, checked key by key with the rules of ``labels_parse``."""
+    if not isinstance(labels, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in labels.items()
+    ):
+        raise ValidationError.for_field("labels", _("Labels must be an object of strings."))
+    return dict(_label(key, value, f"{key}={value}") for key, value in labels.items())
+
+
+def _operator_required(user: User) -> None:
+    if not user.is_staff:
+        raise PermissionDenied(_("Only operators can do this."))
+
+
+# Agent connection --------------------------------------------------------------------------
+
+
+def host_connected(host: Host, connection: str) -> None:
+    """The agent's socket is up: online again unless an operator state holds."""
+    now = timezone.now()
+    Host.objects.filter(pk=host.pk).update(connected=True, last_seen_at=now)
+    Host.objects.filter(pk=host.pk, status__in=[HostStatus.PENDING, HostStatus.OFFLINE]).update(
+        status=HostStatus.ONLINE, status_reason="", status_changed_at=now
+    )
+
+
+def host_disconnected(host_id: int) -> None:
+    """The socket closed. The host stays online until heartbeats are missed (a reconnect is
+    usually seconds away); offline detection decides."""
+    Host.objects.filter(pk=host_id).update(connected=False)
+
+
+@transaction.atomic
+def host_apply_inventory(host: Host, inventory) -> None:
+    """Store what the agent says the host is, and its GPUs by UUID; GPUs gone are marked lost."""
+    facts = inventory.facts
+    Host.objects.filter(pk=host.pk).update(
+        hostname=facts.hostname[:255],
+        cpu_model=facts.cpu_model[:200],
+        cpu_cores=max(0, facts.cpu_cores),
+        memory_total=max(0, facts.memory_total),
+        disk_total=max(0, facts.disk_total),
+        os=facts.os[:200],
+        kernel=facts.kernel[:200],
+        docker_version=facts.docker_version[:50],
+        agent_version=facts.agent_version[:50],
+        gpu_backend=facts.gpu_backend[:20],
+        containers=list(inventory.containers),
+        last_seen_at=timezone.now(),
+    )
+    uuids = [info.uuid[:100] for info in inventory.gpus]
+    # A GPU UUID is unique in the fleet: a host never takes over another host's GPU row (a
+    # stolen or buggy credential must not be able to move GPUs between hosts).
+    foreign = set(
+        GPU.objects.filter(uuid__in=uuids).exclude(host=host).values_list("uuid", flat=True)
+    )
+    if foreign:
+        logger.warning("host %s claims GPUs of other hosts: %s", host.pk, sorted(foreign))
+    seen = []
+    for info in inventory.gpus:
+        if info.uuid[:100] in foreign:
+            continue
+        GPU.objects.update_or_create(
+            uuid=info.uuid[:100],
+            defaults={
+                "host": host,
+                "index": max(0, info.index),
+                "model": info.name[:100],
+                "memory_total": max(0, info.memory_total),
+                "driver_version": info.driver_version[:50],
+                "cuda_version": info.cuda_version[:20],
+                "compute_capability": info.compute_capability[:10],
+                "health": GPUHealth.OK,
+            },
+        )
+        seen.append(info.uuid[:100])
+    GPU.objects.filter(host=host).exclude(uuid__in=seen).update(health=GPUHealth.LOST)
+
+
+# Operator states ---------------------------------------------------------------------------
+
+_ALLOWED = {
+    HostStatus.MAINTENANCE: {
+        HostStatus.PENDING,
+        HostStatus.ONLINE,
+        HostStatus.OFFLINE,
+        HostStatus.DRAINING,
+    },
+    HostStatus.DRAINING: {HostStatus.ONLINE, HostStatus.OFFLINE, HostStatus.MAINTENANCE},
+    HostStatus.RETIRED: {
+        HostStatus.PENDING,
+        HostStatus.ONLINE,
+        HostStatus.OFFLINE,
+        HostStatus.MAINTENANCE,
+        HostStatus.DRAINING,
+    },
+}
+
+
+@transaction.atomic
+def host_set_status(*, operator: User, host: Host, status: str, reason: str = "") -> Host:
+    """Maintenance, draining and retired stop new placements without touching what runs;
+    ``online`` returns a host to service (it goes offline by itself if its agent is gone)."""
+    _operator_required(operator)
+    host = Host.objects.select_for_update().get(pk=host.pk)
+    before = host.status
+    if status == HostStatus.ONLINE:
+        if before not in OPERATOR_STATES or before == HostStatus.RETIRED:
+            raise ValidationError.for_field(
+                "status", _("Only a host in maintenance or draining can return to service.")
+            )
+        status = HostStatus.ONLINE if host.connected else HostStatus.OFFLINE
+    elif status not in _ALLOWED:
+        raise ValidationError.for_field("status", _("Operators cannot set this status."))
+    elif before not in _ALLOWED[status]:
+        raise ValidationError.for_field(
+            "status",
+            _("A %(before)s host cannot become %(after)s.")
+            % {"before": HostStatus(before).label, "after": HostStatus(status).label},
+        )
+    host.status = status
+    host.status_reason = reason[:200]
+    host.status_changed_at = timezone.now()
+    host.save(update_fields=["status", "status_reason", "status_changed_at", "updated_at"])
+    audit_record(
+        AuditAction.HOST_STATUS_CHANGED,
+        actor=operator,
+        target=host,
+        details={"status": [before, status], "reason": reason[:200]},
+    )
+    if status == HostStatus.RETIRED:
+        from .realtime import disconnect_agent
+
+        disconnect_agent(host.pk)
+    return host
+
+
+@transaction.atomic
+def host_set_labels(*, operator: User, host: Host, labels) -> Host:
+    _operator_required(operator)
+    labels = labels_parse(labels) if isinstance(labels, str) else labels_validate(labels)
+    before = host.labels
+    host.labels = labels
+    host.save(update_fields=["labels", "updated_at"])
+    audit_record(
+        AuditAction.HOST_LABELS_CHANGED,
+        actor=operator,
+        target=host,
+        details={"labels": [before, labels]},
+    )
+    return host
+
+
+# Offline detection -------------------------------------------------------------------------
+
+
+def host_mark_offline_stale(now=None) -> list[Host]:
+    """Hosts online whose last heartbeat is older than three intervals go offline; operators
+    are told. Run by beat every few seconds; the conditional update makes reruns harmless."""
+    now = now or timezone.now()
+    # Each host has its own interval: last_seen < now - interval × missed, in SQL.
+    threshold = ExpressionWrapper(
+        Value(now, output_field=DateTimeField())
+        - F("heartbeat_interval")
+        * Value(timedelta(seconds=OFFLINE_AFTER_MISSED_HEARTBEATS), output_field=DurationField()),
+        output_field=DateTimeField(),
+    )
+    stale = list(
+        Host.objects.filter(status=HostStatus.ONLINE, last_seen_at__isnull=False)
+        .alias(threshold=threshold)
+        .filter(last_seen_at__lt=F("threshold"))
+    )
+    went_offline = []
+    for host in stale:
+        changed = Host.objects.filter(pk=host.pk, status=HostStatus.ONLINE).update(
+            status=HostStatus.OFFLINE,
+            status_reason=_("No heartbeat for %(n)d intervals")
+            % {"n": OFFLINE_AFTER_MISSED_HEARTBEATS},
+            status_changed_at=now,
+        )
+        if changed:
+            went_offline.append(host)
+    if went_offline:
+        operators = list(get_user_model().objects.filter(is_staff=True, is_active=True))
+        for host in went_offline:
+            for operator in operators:
+                notification_create(
+                    operator,
+                    _("Host %(name)s is offline") % {"name": host.name},
+                    body=_("No heartbeat since %(time)s.") % {"time": host.last_seen_at},
+                    level=NotificationLevel.ERROR,
+                    url=f"/operator/hosts/{host.pk}/",
+                )
+    return went_offline

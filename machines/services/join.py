@@ -1,0 +1,197 @@
+"""Join tokens and host credentials: the two-step trust of ARCHITECTURE.md §3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.choices import AuditAction
+from accounts.models import User
+from accounts.services.audit import audit_record
+from remotegpu.core import secrets
+from remotegpu.core.errors import PermissionDenied, ValidationError
+
+from ..choices import HostStatus
+from ..models import Host, HostCredential, JoinToken, Region
+from .hosts import labels_parse, labels_validate
+from .realtime import disconnect_agent
+
+JOIN_TOKEN_PREFIX = "rjt_"  # noqa: S105  (public prefixes, not secrets)
+CREDENTIAL_PREFIX = "rhc_"
+MAX_JOIN_TOKEN_LIFETIME = timedelta(days=365)
+
+
+def _operator_required(user: User) -> None:
+    if not user.is_staff:
+        raise PermissionDenied(_("Only operators can do this."))
+
+
+@dataclass(frozen=True)
+class IssuedJoinToken:
+    join_token: JoinToken
+    plaintext: str
+
+
+@transaction.atomic
+def join_token_create(
+    *,
+    operator: User,
+    name: str,
+    region: Region | None = None,
+    labels: dict[str, str] | str | None = None,
+    expires_at: datetime | None = None,
+    max_uses: int = 1,
+) -> IssuedJoinToken:
+    """Mint a join token; its plaintext is returned once."""
+    _operator_required(operator)
+    name = name.strip()
+    if not name:
+        raise ValidationError.for_field("name", _("A name is required."))
+    now = timezone.now()
+    expires_at = expires_at or now + timedelta(days=1)
+    if expires_at <= now:
+        raise ValidationError.for_field("expires_at", _("The expiry must be in the future."))
+    if expires_at - now > MAX_JOIN_TOKEN_LIFETIME:
+        raise ValidationError.for_field("expires_at", _("A join token lives at most a year."))
+    if max_uses < 1:
+        raise ValidationError.for_field("max_uses", _("A token must allow at least one use."))
+    generated = secrets.generate(JOIN_TOKEN_PREFIX)
+    join_token = JoinToken.objects.create(
+        name=name,
+        key=generated.key,
+        digest=generated.digest,
+        region=region,
+        labels=labels_parse(labels) if isinstance(labels, str) else labels_validate(labels or {}),
+        expires_at=expires_at,
+        max_uses=max_uses,
+        created_by=operator,
+    )
+    audit_record(
+        AuditAction.JOIN_TOKEN_CREATED,
+        actor=operator,
+        target=join_token,
+        details={"max_uses": max_uses, "expires_at": expires_at.isoformat()},
+    )
+    return IssuedJoinToken(join_token=join_token, plaintext=generated.plaintext)
+
+
+@transaction.atomic
+def join_token_revoke(*, operator: User, join_token: JoinToken) -> None:
+    _operator_required(operator)
+    if join_token.revoked_at is None:
+        join_token.revoked_at = timezone.now()
+        join_token.save(update_fields=["revoked_at", "updated_at"])
+        audit_record(AuditAction.JOIN_TOKEN_REVOKED, actor=operator, target=join_token)
+
+
+def _issue_credential(host: Host, join_token: JoinToken | None) -> str:
+    generated = secrets.generate(CREDENTIAL_PREFIX)
+    HostCredential.objects.create(
+        host=host, key=generated.key, digest=generated.digest, join_token=join_token
+    )
+    return generated.plaintext
+
+
+@dataclass(frozen=True)
+class JoinedHost:
+    host: Host
+    credential: str  # shown to the agent once
+
+
+def _invalid_token() -> ValidationError:
+    return ValidationError.for_field(
+        "token", _("This join token is invalid, expired, revoked or used up.")
+    )
+
+
+@transaction.atomic
+def host_join(*, token: str, name: str, facts: dict | None = None) -> JoinedHost:
+    """Trade a join token for a new host and its credential (one use of the token)."""
+    parsed = secrets.parse(token.strip(), JOIN_TOKEN_PREFIX)
+    if parsed is None:
+        raise _invalid_token()
+    key, secret = parsed
+    join_token = JoinToken.objects.select_for_update().filter(key=key).first()
+    if join_token is None or not secrets.digest_matches(join_token.digest, secret):
+        raise _invalid_token()
+    if not join_token.is_usable:
+        raise _invalid_token()
+    name = name.strip()[:100]
+    if not name:
+        raise ValidationError.for_field("name", _("A host name is required."))
+    try:
+        with transaction.atomic():
+            host = Host.objects.create(
+                name=name,
+                region=join_token.region,
+                labels=dict(join_token.labels),
+                status=HostStatus.PENDING,
+                hostname=str((facts or {}).get("hostname", ""))[:255],
+            )
+    except IntegrityError as exc:
+        raise ValidationError.for_field(
+            "name", _("A host named “%(name)s” already exists.") % {"name": name}
+        ) from exc
+    join_token.uses += 1
+    join_token.save(update_fields=["uses", "updated_at"])
+    credential = _issue_credential(host, join_token)
+    audit_record(
+        AuditAction.HOST_JOINED,
+        actor_email=f"agent:{name}",
+        target=host,
+        details={"join_token": join_token.name},
+    )
+    return JoinedHost(host=host, credential=credential)
+
+
+def credential_authenticate(raw: str) -> HostCredential | None:
+    """The live credential ``raw`` stands for, with its host; None for anything else."""
+    parsed = secrets.parse(raw.strip(), CREDENTIAL_PREFIX)
+    if parsed is None:
+        return None
+    key, secret = parsed
+    credential = (
+        HostCredential.objects.select_related("host")
+        .filter(key=key, revoked_at__isnull=True)
+        .first()
+    )
+    if credential is None or not secrets.digest_matches(credential.digest, secret):
+        return None
+    if credential.host.status == HostStatus.RETIRED:
+        return None
+    HostCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
+    return credential
+
+
+def _revoke_all(host: Host) -> int:
+    return HostCredential.objects.filter(host=host, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def credential_revoke(*, operator: User, host: Host) -> int:
+    """Revoke every credential of ``host``; its agent's socket is closed at once."""
+    _operator_required(operator)
+    count = _revoke_all(host)
+    disconnect_agent(host.pk)
+    audit_record(AuditAction.HOST_CREDENTIAL_REVOKED, actor=operator, target=host)
+    return count
+
+
+@transaction.atomic
+def credential_rotate(*, operator: User, host: Host) -> str:
+    """Replace the host's credential: the old one stops working, the new one is returned once.
+
+    The agent must be given the new credential (``remotegpu-agent`` config) by the operator.
+    """
+    _operator_required(operator)
+    _revoke_all(host)
+    plaintext = _issue_credential(host, None)
+    disconnect_agent(host.pk)
+    audit_record(AuditAction.HOST_CREDENTIAL_ROTATED, actor=operator, target=host)
+    return plaintext
