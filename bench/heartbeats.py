@@ -11,7 +11,8 @@ them (machines.services.heartbeats). Measured in the same run:
   rate, one autocommit statement at a time, on the same server. Batching must beat it.
 
 Run: ``make bench NAME=heartbeats`` (``AGENTS``, ``RATE``, ``SECONDS`` in the environment
-change the load). The last line is one JSON object.
+change the load; ``PROFILE=1`` records the server with py-spy into ``.data/``). The last line
+is one JSON object.
 """
 
 import asyncio
@@ -87,7 +88,9 @@ def single_row_update_rate(host_ids: list[int], seconds: float = 3.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-def heartbeat(uuids: list[str], at: float) -> str:
+def heartbeat_template(uuids: list[str]) -> str:
+    """A heartbeat with placeholders for its id and time: the simulated agents must cost
+    little CPU, since they share the machine with the server being measured."""
     gpus = [
         protocol.GPUSample(
             uuid=uuid,
@@ -100,17 +103,19 @@ def heartbeat(uuids: list[str], at: float) -> str:
         )
         for uuid in uuids
     ]
-    return protocol.dump(
-        protocol.Heartbeat(
-            time=at,
-            cpu_percent=12.5,
-            memory_used=1 << 34,
-            memory_total=1 << 36,
-            disk_used=1 << 40,
-            disk_total=1 << 42,
-            load1=1.0,
-            gpus=gpus,
-        )
+    message = protocol.Heartbeat(
+        time=-1.0,
+        cpu_percent=12.5,
+        memory_used=1 << 34,
+        memory_total=1 << 36,
+        disk_used=1 << 40,
+        disk_total=1 << 42,
+        load1=1.0,
+        gpus=gpus,
+        id="ID",
+    )
+    return (
+        protocol.dump(message).replace('"id":"ID"', '"id":"%s"').replace('"time":-1.0', '"time":%r')
     )
 
 
@@ -118,12 +123,15 @@ async def agent(url, credential, uuids, interval, stop_at, sent: dict, host_id: 
     headers = {"Authorization": f"Bearer {credential}"}
     async with websockets.connect(url, additional_headers=headers, max_queue=None) as socket_:
         protocol.parse(await socket_.recv())  # welcome
+        template = heartbeat_template(uuids)
+        sequence = 0
         next_at = time.monotonic() + interval * (host_id % 97) / 97  # spread the agents
         while time.monotonic() < stop_at:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             at = round(time.time(), 6)
             sent[(host_id, at)] = at
-            await socket_.send(heartbeat(uuids, at))
+            sequence += 1
+            await socket_.send(template % (f"{host_id}-{sequence}", at))
             next_at += interval
 
 
@@ -194,7 +202,30 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.2)
+        profiler = None
+        if os.environ.get("PROFILE"):
+            # py-spy's collapsed stacks of the server during the window, for finding hot spots.
+            profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-p",
+                    str(daphne.pid),
+                    "-d",
+                    str(int(SECONDS)),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(ROOT / ".data" / "bench-heartbeats-daphne.pyspy"),
+                    "-r",
+                    "200",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         sent, seen, _ = asyncio.run(drive(f"ws://127.0.0.1:{port}/agent/ws/", agents))
+        if profiler is not None:
+            profiler.wait(30)
     finally:
         daphne.terminate()
         daphne.wait(10)

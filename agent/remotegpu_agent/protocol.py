@@ -8,7 +8,9 @@ reverse. See docs/agent-protocol.md for the conversation.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
@@ -180,11 +182,18 @@ _LIMITS = {
 }
 
 
+_SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+@functools.cache
+def _scalar_type(expected: type | str) -> tuple[str, Any]:
+    annotation = expected if isinstance(expected, str) else expected.__name__
+    return annotation, _SCALARS.get(annotation.split("|")[0].strip())
+
+
 def _coerce(cls, name: str, value: Any, expected: type | str) -> Any:
     """Check one scalar against its annotation; ints are accepted where floats are expected."""
-    kinds = {"str": str, "int": int, "float": (int, float), "bool": bool}
-    annotation = expected if isinstance(expected, str) else expected.__name__
-    python_type = kinds.get(annotation.split("|")[0].strip())
+    annotation, python_type = _scalar_type(expected)
     if python_type is None:
         return value
     if isinstance(value, bool) and annotation != "bool":
@@ -193,14 +202,31 @@ def _coerce(cls, name: str, value: Any, expected: type | str) -> Any:
         raise ProtocolError(
             f"{cls.type or cls.__name__}.{name}: expected {annotation}, got {type(value).__name__}"
         )
-    return float(value) if annotation == "float" else value
+    if annotation == "int" and not -(2**63) <= value < 2**63:
+        raise ProtocolError(f"{cls.type or cls.__name__}.{name}: out of the 64-bit range")
+    if annotation == "float":
+        # JSON has no NaN or infinity, but Python's json reads them (and 1e999 as infinity).
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            value = math.inf
+        if not math.isfinite(value):
+            raise ProtocolError(f"{cls.type or cls.__name__}.{name}: not a finite number")
+    return value
+
+
+@functools.cache
+def _fields_of(cls) -> tuple[dict[str, Any], frozenset[str]]:
+    # Looked up once per class: parsing runs for every heartbeat of every host.
+    known = {f.name: f for f in fields(cls)}
+    return known, frozenset(known) | {"type"}
 
 
 def _build(cls, data: Any, owner=None):
     if not isinstance(data, dict):
         raise ProtocolError(f"{cls.__name__}: expected an object")
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known) - {"type"}
+    known, allowed = _fields_of(cls)
+    unknown = data.keys() - allowed
     if unknown:
         raise ProtocolError(
             f"{getattr(cls, 'type', '') or cls.__name__}: unknown fields {sorted(unknown)}"
@@ -242,18 +268,50 @@ def _build(cls, data: Any, owner=None):
         ) from exc
 
 
+def _refuse_constant(name: str):
+    # Python's json reads NaN and Infinity, which are not JSON and which no database column
+    # or JSON document stored in PostgreSQL accepts.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def _holds_nul(data: Any) -> bool:
+    """Whether any string (key or value) holds NUL, which PostgreSQL text cannot store."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def parse(raw: str | bytes) -> Message:
     """Raw text → message. Raises ``ProtocolError`` for anything malformed, oversized, unknown."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
+    if _holds_nul(data):
+        raise ProtocolError("a message may not contain NUL characters")
     kind = data.get("type")
-    if kind not in MESSAGE_TYPES:
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ProtocolError(f"unknown message type {kind!r}")
     if data.get("v") != VERSION:
         raise ProtocolError(f"unsupported protocol version {data.get('v')!r}; this is {VERSION}")

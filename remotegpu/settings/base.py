@@ -232,10 +232,12 @@ INVITATION_EXPIRY_DAYS = 7
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py 8 times reads out after 5 s by default, exactly channels-redis's BZPOPMIN
-        # wait: an idle consumer would die with "Timeout reading". Give reads more room.
+        # redis-py 8 defaults would break the layer under real load: reads time out after 5 s,
+        # exactly channels-redis's BZPOPMIN wait, and a pool holds at most 100 connections, so
+        # a reconnect storm of agents (each joins a group on connect) fails with "Too many
+        # connections". Reads get more room and the pool more connections.
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}],
             "prefix": "remotegpu",
         },
     }
