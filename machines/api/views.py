@@ -1,36 +1,26 @@
 """API of the fleet. Operators only, except regions (readable by everyone signed in) and the
 agent's join endpoint (authenticated by the join token in its body)."""
 
-from django.conf import settings
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
+from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
+from accounts.api.permissions import TokenWritePermission
 from remotegpu.core.api.views import ScopedGenericViewSet, ScopedReadOnlyModelViewSet
 
 from .. import selectors
 from ..choices import HostStatus
+from ..links import agent_websocket_url, join_command
 from ..models import GPU, AgentCommand, Host, JoinToken, Region
 from ..services import commands as command_services
 from ..services import hosts as host_services
 from ..services import join as join_services
 from . import serializers
-
-
-def websocket_url(request) -> str:
-    base = settings.SITE_URL.rstrip("/") if settings.SITE_URL else request.build_absolute_uri("/")
-    return (
-        base.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/")
-        + "/agent/ws/"
-    )
-
-
-def join_command(token: str) -> str:
-    server = settings.SITE_URL.rstrip("/")
-    return f"remotegpu-agent join --server {server} --token {token} && remotegpu-agent run"
 
 
 class ReadAnyWriteOperator(permissions.BasePermission):
@@ -65,7 +55,7 @@ class AgentJoinView(APIView):
             "host_id": joined.host.pk,
             "host_name": joined.host.name,
             "credential": joined.credential,
-            "websocket_url": websocket_url(request),
+            "websocket_url": agent_websocket_url(request),
             "heartbeat_interval": joined.host.heartbeat_interval,
         }
         return Response(body, status=status.HTTP_201_CREATED)
@@ -82,15 +72,23 @@ class RegionViewSet(
 
     serializer_class = serializers.RegionSerializer
     queryset = Region.objects.none()
-    permission_classes = [permissions.IsAuthenticated, ReadAnyWriteOperator]
+    permission_classes = [permissions.IsAuthenticated, TokenWritePermission, ReadAnyWriteOperator]
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def scoped_queryset(self):
         return selectors.region_list()
 
+    # Answer with the region as a read shows it (with its host count).
+    def perform_create(self, serializer):
+        serializer.instance = self.get_queryset().get(pk=serializer.save().pk)
+
+    def perform_update(self, serializer):
+        serializer.instance = self.get_queryset().get(pk=serializer.save().pk)
+
 
 class OperatorMixin:
-    permission_classes = [permissions.IsAdminUser]
+    # Setting permission_classes replaces the defaults: read-only tokens stay read-only here too.
+    permission_classes = [permissions.IsAdminUser, TokenWritePermission]
 
 
 class HostViewSet(OperatorMixin, ScopedReadOnlyModelViewSet):
@@ -98,6 +96,7 @@ class HostViewSet(OperatorMixin, ScopedReadOnlyModelViewSet):
 
     serializer_class = serializers.HostSerializer
     queryset = Host.objects.none()
+    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
     filterset_fields = ["status", "region__slug", "connected"]
     search_fields = ["name", "address", "hostname"]
     ordering_fields = ["name", "last_seen_at", "status"]
@@ -264,7 +263,7 @@ class JoinTokenViewSet(
         issued = join_services.join_token_create(operator=request.user, **data.validated_data)
         body = serializers.JoinTokenSerializer(issued.join_token).data | {
             "token": issued.plaintext,
-            "join_command": join_command(issued.plaintext),
+            "join_command": join_command(request, issued.plaintext),
         }
         return Response(body, status=status.HTTP_201_CREATED)
 
