@@ -8,9 +8,11 @@ from .models import (
     GPU,
     AgentCommand,
     GPUSample,
+    GPUSampleRollup,
     Host,
     HostCredential,
     HostSample,
+    HostSampleRollup,
     JoinToken,
     Region,
 )
@@ -179,6 +181,22 @@ class HostSampleAdmin(admin.ModelAdmin):
 
 @admin.register(GPUSample)
 class GPUSampleAdmin(admin.ModelAdmin):
+    list_display = ["gpu", "time", "utilization", "temperature", "power_draw", "memory_used"]
+    list_filter = ["time"]
+    search_fields = ["gpu__uuid", "gpu__host__name"]
+    list_select_related = ["gpu", "gpu__host"]
+
+
+@admin.register(HostSampleRollup)
+class HostSampleRollupAdmin(admin.ModelAdmin):
+    list_display = ["host", "time", "cpu_percent", "memory_used", "disk_used"]
+    list_filter = ["time"]
+    search_fields = ["host__name"]
+    list_select_related = ["host"]
+
+
+@admin.register(GPUSampleRollup)
+class GPUSampleRollupAdmin(admin.ModelAdmin):
     list_display = ["gpu", "time", "utilization", "temperature", "power_draw", "memory_used"]
     list_filter = ["time"]
     search_fields = ["gpu__uuid", "gpu__host__name"]

@@ -262,3 +262,48 @@ class GPUSample(models.Model):
 
     def __str__(self):
         return f"{self.gpu_id} @ {self.time:%Y-%m-%d %H:%M:%S}"
+
+
+class HostSampleRollup(models.Model):
+    """Host figures averaged over ``ROLLUP_STEP`` buckets, kept for weeks (raw samples are not)."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="+")
+    time = models.DateTimeField(db_index=True)
+    cpu_percent = models.FloatField()
+    memory_used = models.BigIntegerField()
+    memory_total = models.BigIntegerField()
+    disk_used = models.BigIntegerField()
+    disk_total = models.BigIntegerField()
+    load1 = models.FloatField(default=0)
+
+    class Meta:
+        verbose_name = _("host sample rollup")
+        verbose_name_plural = _("host sample rollups")
+        constraints = [
+            models.UniqueConstraint(fields=["host", "time"], name="unique_host_rollup"),
+        ]
+
+    def __str__(self):
+        return f"{self.host_id} @ {self.time:%Y-%m-%d %H:%M}"
+
+
+class GPUSampleRollup(models.Model):
+    """GPU figures averaged over ``ROLLUP_STEP`` buckets (ECC errors: the bucket's maximum)."""
+
+    gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="+")
+    time = models.DateTimeField(db_index=True)
+    utilization = models.FloatField()
+    memory_used = models.BigIntegerField()
+    temperature = models.FloatField()
+    power_draw = models.FloatField()
+    ecc_errors = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("GPU sample rollup")
+        verbose_name_plural = _("GPU sample rollups")
+        constraints = [
+            models.UniqueConstraint(fields=["gpu", "time"], name="unique_gpu_rollup"),
+        ]
+
+    def __str__(self):
+        return f"{self.gpu_id} @ {self.time:%Y-%m-%d %H:%M}"

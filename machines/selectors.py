@@ -26,9 +26,11 @@ from .models import (
     GPU,
     AgentCommand,
     GPUSample,
+    GPUSampleRollup,
     Host,
     HostCredential,
     HostSample,
+    HostSampleRollup,
     JoinToken,
     Region,
 )
@@ -147,6 +149,13 @@ def _window(range_name: str, now: datetime | None) -> tuple[timedelta, datetime]
     return step, first
 
 
+def _sample_models(range_name: str):
+    """Raw samples where they still cover the range; 5-minute rollups beyond a day."""
+    if METRIC_RANGES[range_name] > timedelta(hours=24):
+        return HostSampleRollup, GPUSampleRollup
+    return HostSample, GPUSample
+
+
 def _bucketed(queryset, step: timedelta):
     return queryset.annotate(
         bucket=DateBin(
@@ -170,8 +179,9 @@ def host_metrics(host: Host, range_name: str, now: datetime | None = None) -> di
 
     Three queries whatever the range or the number of GPUs."""
     step, first = _window(range_name, now)
+    host_samples, gpu_samples = _sample_models(range_name)
     host_rows = (
-        _bucketed(HostSample.objects.filter(host=host, time__gte=first), step)
+        _bucketed(host_samples.objects.filter(host=host, time__gte=first), step)
         .annotate(
             cpu=Avg("cpu_percent"),
             memory=Avg(
@@ -188,7 +198,7 @@ def host_metrics(host: Host, range_name: str, now: datetime | None = None) -> di
         .values("id", "uuid", "index", "model", "memory_total")
     )
     gpu_rows = (
-        _bucketed(GPUSample.objects.filter(gpu__host=host, time__gte=first), step)
+        _bucketed(gpu_samples.objects.filter(gpu__host=host, time__gte=first), step)
         .annotate(
             utilization=Avg("utilization"),
             memory_used=Avg("memory_used"),
@@ -239,7 +249,7 @@ def fleet_metrics(range_name: str, now: datetime | None = None) -> dict:
     query."""
     step, first = _window(range_name, now)
     rows = (
-        _bucketed(GPUSample.objects.filter(time__gte=first), step)
+        _bucketed(_sample_models(range_name)[1].objects.filter(time__gte=first), step)
         .annotate(utilization=Avg("utilization"), gpus=Count("gpu_id", distinct=True))
         .order_by("bucket")
     )

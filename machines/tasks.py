@@ -1,14 +1,10 @@
 """Celery tasks of the fleet: thin wrappers around services, scheduled by beat."""
 
-from datetime import timedelta
-
 from celery import shared_task
-from django.conf import settings
-from django.utils import timezone
 
-from .models import GPUSample, HostSample
 from .services.commands import command_expire_overdue
 from .services.hosts import host_mark_offline_stale
+from .services.metrics import metrics_prune, metrics_roll_up
 
 
 @shared_task
@@ -24,9 +20,12 @@ def command_expire_task() -> int:
 
 
 @shared_task
+def metric_rollup_task() -> int:
+    """Fold recent raw samples into 5-minute rollups (every minute)."""
+    return metrics_roll_up()
+
+
+@shared_task
 def metric_retention_task() -> int:
-    """Drop raw samples older than ``METRIC_RAW_RETENTION_HOURS`` (hourly)."""
-    cutoff = timezone.now() - timedelta(hours=settings.METRIC_RAW_RETENTION_HOURS)
-    hosts, _ = HostSample.objects.filter(time__lt=cutoff).delete()
-    gpus, _ = GPUSample.objects.filter(time__lt=cutoff).delete()
-    return hosts + gpus
+    """Drop raw samples and rollups past their retention (hourly)."""
+    return metrics_prune()

@@ -269,13 +269,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "machines.tasks.command_expire_task",
         "schedule": 30,
     },
+    "roll-up-metrics": {
+        "task": "machines.tasks.metric_rollup_task",
+        "schedule": 60,
+    },
     "prune-metric-samples": {
         "task": "machines.tasks.metric_retention_task",
         "schedule": 60 * 60,
     },
 }
-# Raw heartbeat samples are kept this long.
+# Raw heartbeat samples are kept this long; 5-minute rollups of them much longer.
 METRIC_RAW_RETENTION_HOURS = int(env("METRIC_RAW_RETENTION_HOURS", "48"))
+METRIC_ROLLUP_RETENTION_DAYS = int(env("METRIC_ROLLUP_RETENTION_DAYS", "35"))
 
 LOGGING = {
     "version": 1,
