@@ -7,6 +7,8 @@ from .choices import HostStatus
 from .models import (
     GPU,
     AgentCommand,
+    Alert,
+    AlertRule,
     GPUSample,
     GPUSampleRollup,
     Host,
@@ -14,6 +16,7 @@ from .models import (
     HostSample,
     HostSampleRollup,
     JoinToken,
+    OnboardingJob,
     Region,
 )
 from .services.commands import command_create
@@ -201,3 +204,41 @@ class GPUSampleRollupAdmin(admin.ModelAdmin):
     list_filter = ["time"]
     search_fields = ["gpu__uuid", "gpu__host__name"]
     list_select_related = ["gpu", "gpu__host"]
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "metric",
+        "comparison",
+        "threshold",
+        "for_duration",
+        "severity",
+        "enabled",
+    ]
+    list_filter = ["enabled", "severity", "metric"]
+    search_fields = ["name"]
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ["rule", "host", "gpu", "status", "severity", "value", "fired_at", "resolved_at"]
+    list_filter = ["status", "severity", "rule"]
+    search_fields = ["host__name", "gpu__uuid", "rule__name", "message"]
+    list_select_related = ["rule", "host", "gpu"]
+    readonly_fields = [f.name for f in Alert._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # alerts come from rule evaluation
+
+
+@admin.register(OnboardingJob)
+class OnboardingJobAdmin(admin.ModelAdmin):
+    list_display = ["name", "address", "port", "username", "status", "step", "created_at"]
+    list_filter = ["status", "auth_method", "created_at"]
+    search_fields = ["name", "address", "username"]
+    readonly_fields = [f.name for f in OnboardingJob._meta.fields if f.name != "id"]
+
+    def has_add_permission(self, request):
+        return False  # started from the operator pages, which confirm the host key

@@ -35,3 +35,62 @@ OPEN_COMMAND_STATES = frozenset({CommandStatus.PENDING, CommandStatus.SENT, Comm
 class CommandKind(models.TextChoices):
     PING = "ping", _("Ping")
     COLLECT_DIAGNOSTICS = "collect_diagnostics", _("Collect diagnostics")
+
+
+class AlertMetric(models.TextChoices):
+    GPU_TEMPERATURE = "gpu_temperature", _("GPU temperature (°C)")
+    GPU_MEMORY_PERCENT = "gpu_memory_percent", _("GPU memory used (%)")
+    GPU_UTILIZATION = "gpu_utilization", _("GPU utilisation (%)")
+    GPU_ECC_ERRORS = "gpu_ecc_errors", _("GPU ECC errors")
+    CPU_PERCENT = "cpu_percent", _("CPU used (%)")
+    MEMORY_PERCENT = "memory_percent", _("Memory used (%)")
+    DISK_PERCENT = "disk_percent", _("Disk used (%)")
+    HOST_OFFLINE = "host_offline", _("Host offline")
+
+
+# Metrics evaluated per GPU; the others per host.
+GPU_METRICS = frozenset(
+    {
+        AlertMetric.GPU_TEMPERATURE,
+        AlertMetric.GPU_MEMORY_PERCENT,
+        AlertMetric.GPU_UTILIZATION,
+        AlertMetric.GPU_ECC_ERRORS,
+    }
+)
+
+
+class Comparison(models.TextChoices):
+    GT = "gt", ">"
+    GTE = "gte", "≥"
+    LT = "lt", "<"
+    LTE = "lte", "≤"
+
+
+class Severity(models.TextChoices):
+    INFO = "info", _("Info")
+    WARNING = "warning", _("Warning")
+    CRITICAL = "critical", _("Critical")
+
+
+class AlertStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")  # condition holds, for-duration not yet over
+    FIRING = "firing", _("Firing")
+    ACKNOWLEDGED = "acknowledged", _("Acknowledged")
+    RESOLVED = "resolved", _("Resolved")
+
+
+OPEN_ALERT_STATES = frozenset({AlertStatus.PENDING, AlertStatus.FIRING, AlertStatus.ACKNOWLEDGED})
+
+
+class OnboardingStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    AWAITING_CONFIRMATION = "awaiting_confirmation", _("Awaiting host key confirmation")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+class OnboardingAuth(models.TextChoices):
+    PASSWORD = "password", _("Password")
+    PRIVATE_KEY = "private_key", _("Private key")

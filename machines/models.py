@@ -9,7 +9,18 @@ from django.utils.translation import gettext_lazy as _
 
 from remotegpu.core.models import TimeStampedModel
 
-from .choices import CommandKind, CommandStatus, GPUHealth, HostStatus
+from .choices import (
+    AlertMetric,
+    AlertStatus,
+    CommandKind,
+    CommandStatus,
+    Comparison,
+    GPUHealth,
+    HostStatus,
+    OnboardingAuth,
+    OnboardingStatus,
+    Severity,
+)
 
 
 class Region(TimeStampedModel):
@@ -307,3 +318,134 @@ class GPUSampleRollup(models.Model):
 
     def __str__(self):
         return f"{self.gpu_id} @ {self.time:%Y-%m-%d %H:%M}"
+
+
+class AlertRule(TimeStampedModel):
+    """When ``metric`` compared with ``threshold`` holds for ``for_duration`` seconds: alert."""
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    metric = models.CharField(_("metric"), max_length=32, choices=AlertMetric.choices)
+    comparison = models.CharField(
+        _("comparison"), max_length=4, choices=Comparison.choices, default=Comparison.GT
+    )
+    threshold = models.FloatField(_("threshold"), default=0)
+    for_duration = models.PositiveIntegerField(_("for (seconds)"), default=0)
+    severity = models.CharField(
+        _("severity"), max_length=16, choices=Severity.choices, default=Severity.WARNING
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    notify_email = models.BooleanField(_("e-mail operators"), default=True)
+    webhook_url = models.URLField(_("webhook URL"), blank=True)
+    webhook_secret = models.CharField(
+        _("webhook secret"),
+        max_length=200,
+        blank=True,
+        help_text=_("Payloads are signed with HMAC-SHA256 of this secret."),
+    )
+
+    class Meta:
+        verbose_name = _("alert rule")
+        verbose_name_plural = _("alert rules")
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Alert(TimeStampedModel):
+    """One rule's condition on one host (or GPU): pending → firing → acknowledged → resolved."""
+
+    rule = models.ForeignKey(
+        AlertRule, verbose_name=_("rule"), on_delete=models.CASCADE, related_name="alerts"
+    )
+    host = models.ForeignKey(
+        Host, verbose_name=_("host"), on_delete=models.CASCADE, related_name="alerts"
+    )
+    gpu = models.ForeignKey(
+        GPU,
+        verbose_name=_("GPU"),
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="alerts",
+    )
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=AlertStatus.choices,
+        default=AlertStatus.PENDING,
+        db_index=True,
+    )
+    severity = models.CharField(_("severity"), max_length=16, choices=Severity.choices)
+    value = models.FloatField(_("value"), null=True, blank=True)
+    message = models.CharField(_("message"), max_length=300, blank=True)
+    since = models.DateTimeField(_("condition since"))
+    fired_at = models.DateTimeField(_("fired"), null=True, blank=True)
+    acknowledged_at = models.DateTimeField(_("acknowledged"), null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    resolved_at = models.DateTimeField(_("resolved"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("alert")
+        verbose_name_plural = _("alerts")
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule", "host", "gpu"],
+                condition=models.Q(status__in=["pending", "firing", "acknowledged"]),
+                nulls_distinct=False,
+                name="one_open_alert_per_target",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.rule} on {self.gpu or self.host} ({self.status})"
+
+
+class OnboardingJob(TimeStampedModel):
+    """Bringing a server in over SSH: connect, confirm its host key, install, join, start."""
+
+    name = models.CharField(_("host name"), max_length=100)
+    address = models.CharField(_("address"), max_length=255)
+    port = models.PositiveIntegerField(_("SSH port"), default=22)
+    username = models.CharField(_("user"), max_length=100)
+    auth_method = models.CharField(
+        _("authentication"), max_length=16, choices=OnboardingAuth.choices
+    )
+    # The password or private key, encrypted with a key derived from SECRET_KEY; wiped when
+    # the job ends.
+    secret_encrypted = models.TextField(blank=True, editable=False)
+    region = models.ForeignKey(
+        Region, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    labels = models.JSONField(_("labels"), default=dict, blank=True)
+    host_key_type = models.CharField(_("host key type"), max_length=40, blank=True)
+    host_key_fingerprint = models.CharField(_("host key fingerprint"), max_length=100, blank=True)
+    host_key_confirmed = models.BooleanField(_("host key confirmed"), default=False)
+    status = models.CharField(
+        _("status"),
+        max_length=24,
+        choices=OnboardingStatus.choices,
+        default=OnboardingStatus.PENDING,
+        db_index=True,
+    )
+    step = models.CharField(_("current step"), max_length=40, blank=True)
+    steps = models.JSONField(_("steps"), default=list, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    host = models.ForeignKey(
+        Host, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("onboarding job")
+        verbose_name_plural = _("onboarding jobs")
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.username}@{self.address}:{self.port} → {self.name}"
