@@ -4,11 +4,14 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from machines import prometheus
+from machines.onboarding_views import agent_wheel_download
 from remotegpu.core import views as core_views
 
 urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
     path("readyz", core_views.readyz, name="readyz"),
+    path("metrics", prometheus.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("i18n/", include("django.conf.urls.i18n")),
@@ -17,6 +20,12 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", RedirectView.as_view(pattern_name="swagger-ui", permanent=False)),
+    path("operator/", include("machines.urls")),
+    path(
+        "agent/download/remotegpu_agent-<str:version>-py3-none-any.whl",
+        agent_wheel_download,
+        name="agent_wheel_download",
+    ),
     path("", include("accounts.urls")),
 ]
 

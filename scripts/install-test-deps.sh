@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The real parts integration tests need: Chromium (Playwright drives it) and OpenSSH's ssh-keygen.
+# The real parts integration tests need: Chromium (Playwright drives it), OpenSSH's ssh-keygen,
+# gettext's msgfmt, Prometheus's promtool (it checks the /metrics exposition) and OpenSSH's sshd
+# (onboarding over SSH signs in to it on loopback as the dedicated user rgpu-onboard).
 # Installed from Debian's packages when missing and we are root (CI always is); locally the tests
 # that need a missing part skip with a message instead.
 set -euo pipefail
@@ -7,10 +9,11 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v msgfmt >/dev/null 2>&1 || missing+=(gettext)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
-fi
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${missing[*]} (for the integration tests)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
@@ -20,4 +23,10 @@ elif [ "${CI:-}" = "true" ]; then
   exit 1
 else
   echo "note: ${missing[*]} not installed; tests that need them will be skipped" >&2
+fi
+# The onboarding test's SSH user, made once; its password is random here and set again, at
+# random, by the test itself (an account without one is locked, and sshd refuses it).
+if [ "$(id -u)" = 0 ] && ! id rgpu-onboard >/dev/null 2>&1; then
+  useradd --create-home --shell /bin/sh rgpu-onboard
+  echo "rgpu-onboard:$(head -c 24 /dev/urandom | base64)" | chpasswd
 fi

@@ -6,18 +6,22 @@ cd "$(dirname "$0")/.."
 BOOTSTRAP=5.3.8
 BOOTSTRAP_ICONS=1.13.1
 HTMX=2.0.7
+CHARTJS=4.6.1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fetch() { (cd "$tmp" && npm pack --silent "$1@$2" >/dev/null && mkdir -p "$1" && tar -xzf "$(ls -t ./*.tgz | head -1)" -C "$1" && rm -f ./*.tgz); }
 fetch bootstrap "$BOOTSTRAP"
 fetch bootstrap-icons "$BOOTSTRAP_ICONS"
 fetch htmx.org "$HTMX"
+fetch chart.js "$CHARTJS"
 out=static/vendor
-rm -rf "$out" && mkdir -p "$out/bootstrap" "$out/bootstrap-icons/fonts" "$out/htmx"
+rm -rf "$out" && mkdir -p "$out/bootstrap" "$out/bootstrap-icons/fonts" "$out/htmx" "$out/chartjs"
 cp "$tmp/bootstrap/package/dist/css/bootstrap.min.css" "$tmp/bootstrap/package/dist/js/bootstrap.bundle.min.js" "$tmp/bootstrap/package/LICENSE" "$out/bootstrap/"
 cp "$tmp/bootstrap-icons/package/font/bootstrap-icons.min.css" "$tmp/bootstrap-icons/package/LICENSE" "$out/bootstrap-icons/"
 cp "$tmp/bootstrap-icons/package/font/fonts/"* "$out/bootstrap-icons/fonts/"
 cp "$tmp/htmx.org/package/dist/htmx.min.js" "$tmp/htmx.org/package/LICENSE" "$out/htmx/"
+# The UMD build is already minified; time axes are linear epoch milliseconds (no date adapter).
+cp "$tmp/chart.js/package/dist/chart.umd.js" "$tmp/chart.js/package/LICENSE.md" "$out/chartjs/"
 cat > "$out/VERSIONS.md" <<TXT
 # Vendored front-end files
 
@@ -28,5 +32,6 @@ Refreshed by \`scripts/vendor.sh\` from the npm registry. Each folder keeps its 
 | bootstrap | $BOOTSTRAP | MIT |
 | bootstrap-icons | $BOOTSTRAP_ICONS | MIT |
 | htmx.org | $HTMX | 0BSD |
+| chart.js | $CHARTJS | MIT |
 TXT
 echo "vendored into $out"

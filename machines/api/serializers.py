@@ -2,7 +2,7 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from ..choices import CommandKind
-from ..models import GPU, AgentCommand, Host, JoinToken, Region
+from ..models import GPU, AgentCommand, Alert, AlertRule, Host, JoinToken, Region
 
 
 class RegionSerializer(serializers.ModelSerializer):
@@ -42,7 +42,7 @@ class GPUSerializer(serializers.ModelSerializer):
 
 
 class HostSerializer(serializers.ModelSerializer):
-    region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     gpu_count = serializers.IntegerField(read_only=True)
 
     class Meta:
@@ -128,7 +128,7 @@ class AgentCommandSerializer(serializers.ModelSerializer):
 
 
 class JoinTokenSerializer(serializers.ModelSerializer):
-    region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     is_usable = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -248,3 +248,108 @@ class FleetMetricsSerializer(serializers.Serializer):
     gpus = serializers.ListField(
         child=serializers.IntegerField(), help_text=_("GPUs that reported in the bucket.")
     )
+
+
+class HostImportSerializer(serializers.Serializer):
+    file = serializers.FileField(
+        help_text=_("CSV with the columns name, address, region, labels (UTF-8, ≤ 10,000 rows).")
+    )
+
+
+class ImportedHostSerializer(serializers.Serializer):
+    """One imported host (``{"host", "token", "join_command"}``)."""
+
+    id = serializers.IntegerField(source="host.pk")
+    name = serializers.CharField(source="host.name")
+    address = serializers.CharField(source="host.address", allow_null=True)
+    region = serializers.CharField(source="host.region.slug", allow_null=True)
+    labels = serializers.DictField(source="host.labels", child=serializers.CharField())
+    status = serializers.CharField(source="host.status")
+    token = serializers.CharField(help_text=_("Its single-use join token, shown once."))
+    join_command = serializers.CharField(help_text=_("The command to run on the server."))
+
+
+class HostImportResultSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    hosts = ImportedHostSerializer(many=True)
+
+
+class AlertRuleSerializer(serializers.ModelSerializer):
+    """A rule as operators read and write it; the secret is write-only."""
+
+    webhook_secret = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text=_(
+            "Signs each webhook payload (X-RemoteGPU-Signature: sha256=<hex HMAC-SHA256 of "
+            "the body>). At least 16 characters; never shown again. Omit or leave blank on "
+            "update to keep the current one."
+        ),
+    )
+    webhook_secret_set = serializers.SerializerMethodField()
+    open_alert_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = AlertRule
+        fields = [
+            "id",
+            "name",
+            "metric",
+            "comparison",
+            "threshold",
+            "for_duration",
+            "severity",
+            "enabled",
+            "notify_email",
+            "webhook_url",
+            "webhook_secret",
+            "webhook_secret_set",
+            "open_alert_count",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "open_alert_count", "created_at", "updated_at"]
+        # Uniqueness and the other business rules are the service's; it answers by field.
+        extra_kwargs = {"name": {"validators": []}}
+
+    def get_webhook_secret_set(self, rule) -> bool:
+        return bool(rule.webhook_secret)
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    rule_name = serializers.CharField(source="rule.name", read_only=True)
+    metric = serializers.CharField(source="rule.metric", read_only=True)
+    host_name = serializers.CharField(source="host.name", read_only=True)
+    gpu_uuid = serializers.CharField(source="gpu.uuid", read_only=True, allow_null=True)
+    gpu_index = serializers.IntegerField(source="gpu.index", read_only=True, allow_null=True)
+    acknowledged_by = serializers.SlugRelatedField(
+        slug_field="email", read_only=True, allow_null=True
+    )
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id",
+            "rule",
+            "rule_name",
+            "metric",
+            "host",
+            "host_name",
+            "gpu",
+            "gpu_uuid",
+            "gpu_index",
+            "status",
+            "severity",
+            "value",
+            "message",
+            "since",
+            "fired_at",
+            "acknowledged_at",
+            "acknowledged_by",
+            "resolved_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields

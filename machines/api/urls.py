@@ -10,6 +10,8 @@ router.register("hosts", views.HostViewSet, basename="host")
 router.register("gpus", views.GPUViewSet, basename="gpu")
 router.register("host-commands", views.AgentCommandViewSet, basename="host-command")
 router.register("join-tokens", views.JoinTokenViewSet, basename="join-token")
+router.register("alerts", views.AlertViewSet, basename="alert")
+router.register("alert-rules", views.AlertRuleViewSet, basename="alert-rule")
 
 urlpatterns = [
     path("agent/join/", views.AgentJoinView.as_view(), name="agent-join"),

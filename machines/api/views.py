@@ -2,10 +2,12 @@
 agent's join endpoint (authenticated by the join token in its body)."""
 
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
@@ -16,11 +18,14 @@ from remotegpu.core.api.views import ScopedGenericViewSet, ScopedReadOnlyModelVi
 from .. import selectors
 from ..choices import HostStatus
 from ..links import agent_websocket_url, join_command
-from ..models import GPU, AgentCommand, Host, JoinToken, Region
+from ..models import GPU, AgentCommand, Alert, AlertRule, Host, JoinToken, Region
+from ..services import alerts as alert_services
 from ..services import commands as command_services
 from ..services import hosts as host_services
+from ..services import imports as import_services
 from ..services import join as join_services
 from . import serializers
+from .parsers import CSVParser
 
 
 class ReadAnyWriteOperator(permissions.BasePermission):
@@ -40,7 +45,13 @@ class AgentJoinView(APIView):
 
     @extend_schema(
         request=serializers.AgentJoinSerializer,
-        responses={201: serializers.AgentJoinedSerializer},
+        responses={
+            201: serializers.AgentJoinedSerializer,
+            429: OpenApiResponse(
+                response={"$ref": "#/components/schemas/Error"},
+                description="Too many join attempts from this address; retry later.",
+            ),
+        },
         auth=[],
     )
     def post(self, request):
@@ -210,6 +221,41 @@ class HostViewSet(OperatorMixin, ScopedReadOnlyModelViewSet):
             serializers.AgentCommandSerializer(command).data, status=status.HTTP_201_CREATED
         )
 
+    @extend_schema(
+        request={
+            "multipart/form-data": serializers.HostImportSerializer,
+            "text/csv": OpenApiTypes.STR,
+        },
+        responses={201: serializers.HostImportResultSerializer},
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="import",
+        url_name="import",
+        parser_classes=[MultiPartParser, CSVParser],
+    )
+    def import_csv(self, request):
+        """Import hosts from CSV (a ``file`` part, or a ``text/csv`` body): all or nothing, every
+        error listed by line. Each host is created pending with its own single-use join token."""
+        if isinstance(request.data, bytes):
+            data = request.data
+        else:
+            upload = serializers.HostImportSerializer(data=request.data)
+            upload.is_valid(raise_exception=True)
+            data = upload.validated_data["file"].read(import_services.MAX_BYTES + 1)
+        result = import_services.hosts_import_csv(request.user, data)
+        hosts = [
+            {
+                "host": item.host,
+                "token": item.token,
+                "join_command": join_command(request, item.token),
+            }
+            for item in result.hosts
+        ]
+        body = serializers.HostImportResultSerializer({"count": len(hosts), "hosts": hosts}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
 
 class FleetMetricsView(OperatorMixin, APIView):
     """Average GPU utilisation across the fleet over a range, in 120 buckets."""
@@ -271,3 +317,59 @@ class JoinTokenViewSet(
     def destroy(self, request, pk=None):
         join_services.join_token_revoke(operator=request.user, join_token=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AlertViewSet(OperatorMixin, ScopedReadOnlyModelViewSet):
+    """Alerts raised by the rules, newest first; a firing alert can be acknowledged."""
+
+    serializer_class = serializers.AlertSerializer
+    queryset = Alert.objects.none()
+    filterset_fields = ["status", "severity", "rule", "host", "gpu"]
+    ordering_fields = ["created_at", "since", "fired_at", "resolved_at"]
+
+    def scoped_queryset(self):
+        return selectors.alert_list()
+
+    @extend_schema(request=None, responses=serializers.AlertSerializer)
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request, pk=None):
+        """Someone is on it: the alert stays open until its condition clears (409 unless it is
+        firing)."""
+        alert = alert_services.alert_acknowledge(operator=request.user, alert=self.get_object())
+        return Response(serializers.AlertSerializer(self.get_queryset().get(pk=alert.pk)).data)
+
+
+class AlertRuleViewSet(
+    OperatorMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    ScopedGenericViewSet,
+):
+    """Alert rules. Disabling a rule (``enabled: false``) or changing its metric closes its open
+    alerts; deleting it deletes its alerts too."""
+
+    serializer_class = serializers.AlertRuleSerializer
+    queryset = AlertRule.objects.none()
+    filterset_fields = ["enabled", "metric", "severity"]
+    ordering_fields = ["name", "created_at"]
+
+    def scoped_queryset(self):
+        return selectors.alert_rule_list()
+
+    def perform_create(self, serializer):
+        rule = alert_services.alert_rule_create(
+            operator=self.request.user, **serializer.validated_data
+        )
+        serializer.instance = self.get_queryset().get(pk=rule.pk)
+
+    def perform_update(self, serializer):
+        rule = alert_services.alert_rule_update(
+            operator=self.request.user, rule=serializer.instance, **serializer.validated_data
+        )
+        serializer.instance = self.get_queryset().get(pk=rule.pk)
+
+    def perform_destroy(self, instance):
+        alert_services.alert_rule_delete(operator=self.request.user, rule=instance)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -23,6 +24,13 @@ from .realtime import disconnect_agent
 JOIN_TOKEN_PREFIX = "rjt_"  # noqa: S105  (public prefixes, not secrets)
 CREDENTIAL_PREFIX = "rhc_"
 MAX_JOIN_TOKEN_LIFETIME = timedelta(days=365)
+# A join token named "import <host>" is bound to that host while it exists (see host_join).
+IMPORTED_HOST_TOKEN_PREFIX = "import "  # noqa: S105  (a name, not a secret)
+
+
+def imported_host_token_name(host_name: str) -> str:
+    """The name of the join token that lets the agent of the pending host ``host_name`` join."""
+    return f"{IMPORTED_HOST_TOKEN_PREFIX}{host_name}"
 
 
 def _operator_required(user: User) -> None:
@@ -108,9 +116,37 @@ def _invalid_token() -> ValidationError:
     )
 
 
+def _bound_host(join_token: JoinToken) -> Host | None:
+    """The pending host a token named "import <host>" was minted for, locked; None for a token
+    bound to no host. A bound host that already joined or left ``pending`` refuses the token."""
+    if not join_token.name.startswith(IMPORTED_HOST_TOKEN_PREFIX):
+        return None
+    host = (
+        Host.objects.select_for_update()
+        .filter(name=join_token.name.removeprefix(IMPORTED_HOST_TOKEN_PREFIX))
+        .annotate(has_credential=Exists(HostCredential.objects.filter(host=OuterRef("pk"))))
+        .first()
+    )
+    if host is not None and (host.status != HostStatus.PENDING or host.has_credential):
+        raise ValidationError.for_field(
+            "token",
+            _(
+                "This join token was minted for host %(name)s, which has already joined or is no "
+                "longer pending."
+            )
+            % {"name": host.name},
+        )
+    return host
+
+
 @transaction.atomic
 def host_join(*, token: str, name: str, facts: dict | None = None) -> JoinedHost:
-    """Trade a join token for a new host and its credential (one use of the token)."""
+    """Trade a join token for a host credential (one use of the token).
+
+    The token makes a new host named ``name``, unless it is bound to a pending host (a host
+    imported from CSV gets a token named "import <its name>"): the agent then becomes that host,
+    whatever name it sent, and the host keeps the name, region and labels the operator gave it.
+    """
     parsed = secrets.parse(token.strip(), JOIN_TOKEN_PREFIX)
     if parsed is None:
         raise _invalid_token()
@@ -123,19 +159,25 @@ def host_join(*, token: str, name: str, facts: dict | None = None) -> JoinedHost
     name = name.strip()[:100]
     if not name:
         raise ValidationError.for_field("name", _("A host name is required."))
-    try:
-        with transaction.atomic():
-            host = Host.objects.create(
-                name=name,
-                region=join_token.region,
-                labels=dict(join_token.labels),
-                status=HostStatus.PENDING,
-                hostname=str((facts or {}).get("hostname", ""))[:255],
-            )
-    except IntegrityError as exc:
-        raise ValidationError.for_field(
-            "name", _("A host named “%(name)s” already exists.") % {"name": name}
-        ) from exc
+    hostname = str((facts or {}).get("hostname", ""))[:255]
+    host = _bound_host(join_token)
+    if host is not None:
+        host.hostname = hostname
+        host.save(update_fields=["hostname", "updated_at"])
+    else:
+        try:
+            with transaction.atomic():
+                host = Host.objects.create(
+                    name=name,
+                    region=join_token.region,
+                    labels=dict(join_token.labels),
+                    status=HostStatus.PENDING,
+                    hostname=hostname,
+                )
+        except IntegrityError as exc:
+            raise ValidationError.for_field(
+                "name", _("A host named “%(name)s” already exists.") % {"name": name}
+            ) from exc
     join_token.uses += 1
     join_token.save(update_fields=["uses", "updated_at"])
     credential = _issue_credential(host, join_token)
