@@ -20,7 +20,7 @@ from django.utils import timezone
 from remotegpu_agent import protocol
 
 from ..choices import HostStatus
-from ..models import GPU, GPUSample, Host, HostSample
+from ..models import GPU, Host
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +65,15 @@ def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
         beat = item.heartbeat
         when = heartbeat_time(beat)
         host_samples.append(
-            HostSample(
-                host_id=item.host_id,
-                time=when,
-                cpu_percent=beat.cpu_percent,
-                memory_used=beat.memory_used,
-                memory_total=beat.memory_total,
-                disk_used=beat.disk_used,
-                disk_total=beat.disk_total,
-                load1=beat.load1,
+            (
+                item.host_id,
+                when,
+                beat.cpu_percent,
+                beat.memory_used,
+                beat.memory_total,
+                beat.disk_used,
+                beat.disk_total,
+                beat.load1,
             )
         )
         latest_host[item.host_id] = (
@@ -88,14 +88,14 @@ def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
             if gpu_id is None:
                 continue  # not in the inventory yet; the next inventory adds it
             gpu_samples.append(
-                GPUSample(
-                    gpu_id=gpu_id,
-                    time=when,
-                    utilization=sample.utilization,
-                    memory_used=sample.memory_used,
-                    temperature=sample.temperature,
-                    power_draw=sample.power_draw,
-                    ecc_errors=sample.ecc_errors,
+                (
+                    gpu_id,
+                    when,
+                    sample.utilization,
+                    sample.memory_used,
+                    sample.temperature,
+                    sample.power_draw,
+                    sample.ecc_errors,
                 )
             )
             latest_gpu[gpu_id] = (
@@ -107,32 +107,60 @@ def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
                 sample.power_limit,
                 sample.ecc_errors,
             )
-    with transaction.atomic():
-        HostSample.objects.bulk_create(host_samples, ignore_conflicts=True)
-        GPUSample.objects.bulk_create(gpu_samples, ignore_conflicts=True)
-        with connection.cursor() as cursor:
-            _update_from_values(
-                cursor,
-                "machines_host",
-                ["id", "last_seen_at", "cpu_percent", "memory_used", "disk_used"],
-                ["bigint", "timestamptz", "float8", "bigint", "bigint"],
-                list(latest_host.values()),
-            )
-            _update_from_values(
-                cursor,
-                "machines_gpu",
-                [
-                    "id",
-                    "utilization",
-                    "memory_used",
-                    "temperature",
-                    "power_draw",
-                    "power_limit",
-                    "ecc_errors",
-                ],
-                ["bigint", "float8", "bigint", "float8", "float8", "float8", "bigint"],
-                list(latest_gpu.values()),
-            )
+    with transaction.atomic(), connection.cursor() as cursor:
+        _insert_unnest(
+            cursor,
+            "machines_hostsample",
+            [
+                "host_id",
+                "time",
+                "cpu_percent",
+                "memory_used",
+                "memory_total",
+                "disk_used",
+                "disk_total",
+                "load1",
+            ],
+            ["bigint", "timestamptz", "float8", "bigint", "bigint", "bigint", "bigint", "float8"],
+            host_samples,
+        )
+        _insert_unnest(
+            cursor,
+            "machines_gpusample",
+            [
+                "gpu_id",
+                "time",
+                "utilization",
+                "memory_used",
+                "temperature",
+                "power_draw",
+                "ecc_errors",
+            ],
+            ["bigint", "timestamptz", "float8", "bigint", "float8", "float8", "bigint"],
+            gpu_samples,
+        )
+        _update_from_values(
+            cursor,
+            "machines_host",
+            ["id", "last_seen_at", "cpu_percent", "memory_used", "disk_used"],
+            ["bigint", "timestamptz", "float8", "bigint", "bigint"],
+            list(latest_host.values()),
+        )
+        _update_from_values(
+            cursor,
+            "machines_gpu",
+            [
+                "id",
+                "utilization",
+                "memory_used",
+                "temperature",
+                "power_draw",
+                "power_limit",
+                "ecc_errors",
+            ],
+            ["bigint", "float8", "bigint", "float8", "float8", "float8", "bigint"],
+            list(latest_gpu.values()),
+        )
         # Offline detection may have fired while the socket stayed up (a slow flush, a database
         # hiccup): a heartbeat proves the host is there. Operator states are left alone.
         Host.objects.filter(pk__in=host_ids, status=HostStatus.OFFLINE).update(
@@ -141,18 +169,31 @@ def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
     return len(pending)
 
 
-def _update_from_values(cursor, table, columns, types, rows) -> None:
-    """``UPDATE table SET c = v.c ... FROM (VALUES ...) v WHERE table.id = v.id``: one statement
-    for any number of rows. Table and column names are ours, never input."""
+def _insert_unnest(cursor, table, columns, types, rows) -> None:
+    """``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING``: one statement and one
+    parameter per column for any number of rows; a sample already stored is skipped."""
     if not rows:
         return
-    placeholders = ", ".join("(" + ", ".join(f"%s::{kind}" for kind in types) + ")" for _ in rows)
+    arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608  (our names, not input)
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
+    )
+    cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+
+
+def _update_from_values(cursor, table, columns, types, rows) -> None:
+    """``UPDATE table SET c = v.c ... FROM unnest(arrays) v WHERE table.id = v.id``: one
+    statement for any number of rows. Table and column names are ours, never input."""
+    if not rows:
+        return
+    arrays = ", ".join(f"%s::{kind}[]" for kind in types)
     assignments = ", ".join(f"{column} = v.{column}" for column in columns[1:])
     sql = (
-        f"UPDATE {table} SET {assignments} FROM (VALUES {placeholders}) "  # noqa: S608
-        f"AS v({', '.join(columns)}) WHERE {table}.id = v.id"
+        f"UPDATE {table} SET {assignments} "  # noqa: S608
+        f"FROM unnest({arrays}) AS v({', '.join(columns)}) WHERE {table}.id = v.id"
     )
-    cursor.execute(sql, [value for row in rows for value in row])
+    cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
 
 
 class HeartbeatBatcher:
@@ -163,6 +204,7 @@ class HeartbeatBatcher:
         self._store = store
         self._task: asyncio.Task | None = None
         self._wakeup: asyncio.Event | None = None
+        self._writing: asyncio.Future | None = None
 
     def add(self, host_id: int, heartbeat, received_at: datetime) -> None:
         self._pending.append(PendingHeartbeat(host_id, heartbeat, received_at))
@@ -184,17 +226,27 @@ class HeartbeatBatcher:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
+            self._writing = asyncio.ensure_future(store(batch))
             try:
-                await store(batch)
+                await self._writing
             except Exception:
                 # A failed batch is logged and dropped: heartbeats are a stream, the next one
                 # carries the same figures, and holding them would grow memory without bound.
                 logger.exception("could not store %d heartbeats", len(batch))
 
     async def flush(self) -> None:
-        """Write whatever is pending now (tests, shutdown)."""
+        """Write whatever is pending now, after the batch being written, if any (tests,
+        shutdown): once it returns, every heartbeat added before is in the database."""
         from channels.db import database_sync_to_async
 
+        writing = self._writing
+        if (
+            writing is not None
+            and not writing.done()
+            and writing.get_loop() is asyncio.get_running_loop()
+        ):
+            with contextlib.suppress(Exception):  # the background task logs its failures
+                await asyncio.shield(writing)
         batch, self._pending = self._pending, []
         if batch:
             await database_sync_to_async(self._store)(batch)
