@@ -63,3 +63,7 @@ class AuditAction(models.TextChoices):
     HOST_LABELS_CHANGED = "host.labels_changed", _("Host labels changed")
     HOST_CREDENTIAL_REVOKED = "host.credential_revoked", _("Host credential revoked")
     HOST_CREDENTIAL_ROTATED = "host.credential_rotated", _("Host credential rotated")
+    ALERT_RULE_CREATED = "alert_rule.created", _("Alert rule created")
+    ALERT_RULE_UPDATED = "alert_rule.updated", _("Alert rule updated")
+    ALERT_RULE_DELETED = "alert_rule.deleted", _("Alert rule deleted")
+    ALERT_ACKNOWLEDGED = "alert.acknowledged", _("Alert acknowledged")

@@ -1,7 +1,11 @@
 """Operator admin for the fleet. Actions call services so that every change is audited."""
 
+from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.utils.translation import gettext_lazy as _
+
+from remotegpu.core.errors import ApplicationError
 
 from .choices import HostStatus
 from .models import (
@@ -20,7 +24,7 @@ from .models import (
     Region,
 )
 from .services.commands import command_create
-from .services.hosts import host_set_status
+from .services.hosts import host_set_labels, host_set_status, labels_validate
 from .services.join import credential_revoke, join_token_revoke
 
 
@@ -40,6 +44,16 @@ class GPUInline(admin.TabularInline):
     readonly_fields = fields
 
 
+class LabelsForm(forms.ModelForm):
+    """Labels typed in the admin follow the rules of every other way of setting them."""
+
+    def clean_labels(self):
+        try:
+            return labels_validate(self.cleaned_data["labels"])
+        except ApplicationError as error:
+            raise forms.ValidationError(error.message) from error
+
+
 def _status_action(status, description):
     @admin.action(description=description)
     def set_status(modeladmin, request, queryset):
@@ -48,7 +62,7 @@ def _status_action(status, description):
             try:
                 host_set_status(operator=request.user, host=host, status=status)
                 done += 1
-            except Exception as error:  # each host's refusal is reported, the rest proceed
+            except ApplicationError as error:  # each host's refusal is reported, the rest proceed
                 modeladmin.message_user(request, f"{host}: {error}", messages.ERROR)
         modeladmin.message_user(request, _("%(n)d hosts changed.") % {"n": done})
 
@@ -58,6 +72,7 @@ def _status_action(status, description):
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
+    form = LabelsForm
     list_display = [
         "name",
         "region",
@@ -101,6 +116,13 @@ class HostAdmin(admin.ModelAdmin):
         "ping",
     ]
 
+    def save_model(self, request, obj, form, change):
+        if change and "labels" in form.changed_data:
+            # Through the service, so that the change is audited like on the pages and the API.
+            current = Host.objects.get(pk=obj.pk)
+            host_set_labels(operator=request.user, host=current, labels=obj.labels)
+        super().save_model(request, obj, form, change)
+
     @admin.action(description=_("Revoke credentials (disconnects the agent)"))
     def revoke_credentials(self, request, queryset):
         for host in queryset:
@@ -133,6 +155,7 @@ class GPUAdmin(admin.ModelAdmin):
 
 @admin.register(JoinToken)
 class JoinTokenAdmin(admin.ModelAdmin):
+    form = LabelsForm
     list_display = ["name", "region", "uses", "max_uses", "expires_at", "revoked_at", "created_by"]
     list_filter = ["region", "created_at", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "key"]
@@ -219,6 +242,8 @@ class AlertRuleAdmin(admin.ModelAdmin):
     ]
     list_filter = ["enabled", "severity", "metric"]
     search_fields = ["name"]
+    # Django 6 will assume https for a URL typed without a scheme; say so now.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(Alert)

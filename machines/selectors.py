@@ -21,10 +21,12 @@ from django.db.models import (
 from django.db.models.functions import Cast, NullIf
 from django.utils import timezone
 
-from .choices import GPUHealth, HostStatus
+from .choices import AlertStatus, GPUHealth, HostStatus
 from .models import (
     GPU,
     AgentCommand,
+    Alert,
+    AlertRule,
     GPUSample,
     GPUSampleRollup,
     Host,
@@ -265,3 +267,26 @@ def fleet_metrics(range_name: str, now: datetime | None = None) -> dict:
         result["utilization"].append(_rounded(row["utilization"]))
         result["gpus"].append(row["gpus"])
     return result
+
+
+# Alerts ------------------------------------------------------------------------------------
+
+
+def alert_list() -> QuerySet[Alert]:
+    return Alert.objects.select_related("rule", "host", "gpu", "acknowledged_by").order_by(
+        "-created_at", "-pk"
+    )
+
+
+def alert_rule_list() -> QuerySet[AlertRule]:
+    """Rules with how many of their alerts are firing or acknowledged now."""
+    return AlertRule.objects.annotate(
+        open_alert_count=Count(
+            "alerts",
+            filter=Q(alerts__status__in=[AlertStatus.FIRING, AlertStatus.ACKNOWLEDGED]),
+        )
+    ).order_by("name")
+
+
+def alert_firing_count() -> int:
+    return Alert.objects.filter(status=AlertStatus.FIRING).count()

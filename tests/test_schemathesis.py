@@ -2,8 +2,9 @@
 
 Every operation of ``/api/schema/`` is called with generated input (valid and invalid) as the
 owner of an organisation with members, invitations, tokens, keys, notifications and audit
-events. A 5xx is a bug to fix at its cause; a response that does not match the schema is a
-bug in the schema or the serializer.
+events; the fleet's operations (operators only) are called again as an operator, over a fleet
+with hosts, GPUs, samples, commands and join tokens. A 5xx is a bug to fix at its cause; a
+response that does not match the schema is a bug in the schema or the serializer.
 
 The command-line runner is used rather than ``schemathesis.pytest.from_fixture``: the lazy
 fixture loader of schemathesis 4 does not work with pytest 9, and the runner also brings the
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from django.utils import timezone
 
 from accounts.choices import Role
 from accounts.models import APIToken
@@ -27,7 +29,16 @@ from accounts.services.notifications import notification_create
 from accounts.services.organizations import organization_create
 from accounts.services.ssh_keys import ssh_key_add
 from accounts.services.tokens import IssuedToken, token_create
-from accounts.tests.factories import MembershipFactory, UserFactory
+from accounts.tests.factories import MembershipFactory, OperatorFactory, UserFactory
+from machines.choices import AlertStatus, CommandStatus, GPUHealth, HostStatus
+from machines.models import Alert, AlertRule, GPUSample, HostSample
+from machines.tests.factories import (
+    AgentCommandFactory,
+    GPUFactory,
+    HostFactory,
+    host_joined,
+    join_token_issue,
+)
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # Every check but the two about generated data's acceptance: DRF is lenient by design (a number
@@ -49,12 +60,24 @@ MAX_EXAMPLES = 25
 # Revoking the token the run signs in with would silently turn the rest of the run into 401s,
 # so that one operation runs on its own, last.
 TOKEN_REVOKE = "DELETE /api/v1/tokens/{id}/"
+FLEET_PATHS = (
+    r"^/api/v1/(regions|hosts|gpus|host-commands|join-tokens|fleet|agent|alerts|alert-rules)/"
+)
 
 
 def _public_key() -> str:
     key = ed25519.Ed25519PrivateKey.generate().public_key()
     blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return blob.decode() + " owner@laptop"
+
+
+@pytest.fixture(autouse=True)
+def _join_unthrottled(monkeypatch):
+    """The agent's join endpoint allows 120 attempts a minute per address; the fuzzer makes more
+    and would test nothing but the 429 (which the schema documents)."""
+    from rest_framework.throttling import ScopedRateThrottle
+
+    monkeypatch.setitem(ScopedRateThrottle.THROTTLE_RATES, "agent_join", "100000/minute")
 
 
 @pytest.fixture
@@ -121,3 +144,58 @@ def test_api_survives_generated_input(live_server, owner_token, tmp_path):
     _schemathesis(
         url, owner_token.plaintext, "--include-name", TOKEN_REVOKE, cwd=tmp_path, timeout=40
     )
+
+
+@pytest.fixture
+def operator_token(transactional_db) -> IssuedToken:
+    """A read-write token of an operator, over a fleet with a bit of everything."""
+    operator = OperatorFactory(email="operator@example.com")
+    joined = host_joined("fuzzed-host", operator=operator, labels={"gpu": "a100"})
+    gpu = GPUFactory(host=joined.host)
+    GPUFactory(host=joined.host, health=GPUHealth.LOST)
+    for status in (HostStatus.MAINTENANCE, HostStatus.OFFLINE, HostStatus.RETIRED):
+        GPUFactory(host=HostFactory(status=status))
+    AgentCommandFactory(host=joined.host)
+    AgentCommandFactory(host=joined.host, status=CommandStatus.SUCCEEDED, result={"pong": True})
+    join_token_issue(operator, max_uses=5)
+    now = timezone.now()
+    HostSample.objects.create(
+        host=joined.host,
+        time=now,
+        cpu_percent=10,
+        memory_used=1,
+        memory_total=2,
+        disk_used=1,
+        disk_total=2,
+    )
+    GPUSample.objects.create(
+        gpu=gpu, time=now, utilization=50, memory_used=1, temperature=60, power_draw=100
+    )
+    rule = AlertRule.objects.create(name="fuzzed rule", metric="gpu_temperature", threshold=50)
+    for status in (AlertStatus.FIRING, AlertStatus.RESOLVED):
+        Alert.objects.create(
+            rule=rule,
+            host=joined.host,
+            gpu=gpu,
+            status=status,
+            severity=rule.severity,
+            value=60,
+            since=now,
+            fired_at=now,
+            resolved_at=now if status == AlertStatus.RESOLVED else None,
+        )
+    return token_create(user=operator, name="fuzzer", write_enabled=True)
+
+
+@pytest.mark.timeout(180)
+def test_fleet_api_survives_generated_input_as_an_operator(live_server, operator_token, tmp_path):
+    url = f"{live_server.url}/api/schema/"
+    _schemathesis(
+        url,
+        operator_token.plaintext,
+        "--include-path-regex",
+        FLEET_PATHS,
+        cwd=tmp_path,
+        timeout=150,
+    )
+    assert APIToken.objects.get(pk=operator_token.token.pk).last_used_at is not None

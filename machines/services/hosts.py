@@ -6,16 +6,15 @@ import logging
 import re
 from datetime import timedelta
 
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from remotegpu_agent import protocol
 
-from accounts.choices import AuditAction, NotificationLevel
+from accounts.choices import AuditAction
 from accounts.models import User
 from accounts.services.audit import audit_record
-from accounts.services.notifications import notification_create
 from remotegpu.core.errors import PermissionDenied, ValidationError
 
 from ..choices import OPERATOR_STATES, GPUHealth, HostStatus
@@ -88,16 +87,36 @@ def host_disconnected(host_id: int) -> None:
     Host.objects.filter(pk=host_id).update(connected=False)
 
 
+# What the columns hold (PositiveIntegerField, PositiveSmallIntegerField); the protocol already
+# keeps every integer within 64 bits.
+MAX_CPU_CORES = 2**31 - 1
+MAX_GPU_INDEX = 2**15 - 1
+
+
+def _check_range(name: str, value: int, maximum: int = 2**63 - 1) -> None:
+    if not 0 <= value <= maximum:
+        raise protocol.ProtocolError(f"inventory.{name}: {value} is out of range")
+
+
 @transaction.atomic
 def host_apply_inventory(host: Host, inventory) -> None:
-    """Store what the agent says the host is, and its GPUs by UUID; GPUs gone are marked lost."""
+    """Store what the agent says the host is, and its GPUs by UUID; GPUs gone are marked lost.
+
+    Figures no column can hold are refused whole (``ProtocolError``), before anything is
+    written."""
     facts = inventory.facts
+    _check_range("facts.cpu_cores", facts.cpu_cores, MAX_CPU_CORES)
+    _check_range("facts.memory_total", facts.memory_total)
+    _check_range("facts.disk_total", facts.disk_total)
+    for info in inventory.gpus:
+        _check_range("gpus.index", info.index, MAX_GPU_INDEX)
+        _check_range("gpus.memory_total", info.memory_total)
     Host.objects.filter(pk=host.pk).update(
         hostname=facts.hostname[:255],
         cpu_model=facts.cpu_model[:200],
-        cpu_cores=max(0, facts.cpu_cores),
-        memory_total=max(0, facts.memory_total),
-        disk_total=max(0, facts.disk_total),
+        cpu_cores=facts.cpu_cores,
+        memory_total=facts.memory_total,
+        disk_total=facts.disk_total,
         os=facts.os[:200],
         kernel=facts.kernel[:200],
         docker_version=facts.docker_version[:50],
@@ -122,9 +141,9 @@ def host_apply_inventory(host: Host, inventory) -> None:
             uuid=info.uuid[:100],
             defaults={
                 "host": host,
-                "index": max(0, info.index),
+                "index": info.index,
                 "model": info.name[:100],
-                "memory_total": max(0, info.memory_total),
+                "memory_total": info.memory_total,
                 "driver_version": info.driver_version[:50],
                 "cuda_version": info.cuda_version[:20],
                 "compute_capability": info.compute_capability[:10],
@@ -213,8 +232,9 @@ def host_set_labels(*, operator: User, host: Host, labels) -> Host:
 
 
 def host_mark_offline_stale(now=None) -> list[Host]:
-    """Hosts online whose last heartbeat is older than three intervals go offline; operators
-    are told. Run by beat every few seconds; the conditional update makes reruns harmless."""
+    """Hosts online whose last heartbeat is older than three intervals go offline. Run by beat
+    every few seconds; the conditional update makes reruns harmless. Operators hear of it
+    through the "host offline" alert rule (machines.services.alerts)."""
     now = now or timezone.now()
     # Each host has its own interval: last_seen < now - interval × missed, in SQL.
     threshold = ExpressionWrapper(
@@ -238,15 +258,4 @@ def host_mark_offline_stale(now=None) -> list[Host]:
         )
         if changed:
             went_offline.append(host)
-    if went_offline:
-        operators = list(get_user_model().objects.filter(is_staff=True, is_active=True))
-        for host in went_offline:
-            for operator in operators:
-                notification_create(
-                    operator,
-                    _("Host %(name)s is offline") % {"name": host.name},
-                    body=_("No heartbeat since %(time)s.") % {"time": host.last_seen_at},
-                    level=NotificationLevel.ERROR,
-                    url=f"/operator/hosts/{host.pk}/",
-                )
     return went_offline

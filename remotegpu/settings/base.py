@@ -277,10 +277,22 @@ CELERY_BEAT_SCHEDULE = {
         "task": "machines.tasks.metric_retention_task",
         "schedule": 60 * 60,
     },
+    "evaluate-alerts": {
+        "task": "machines.tasks.alert_evaluate_task",
+        "schedule": 15,
+        # A pass queued behind a stopped worker is worthless once the next one is due.
+        "options": {"expires": 15},
+    },
+    "expire-onboarding-jobs": {
+        "task": "machines.tasks.onboarding_expire_task",
+        "schedule": 60,
+    },
 }
 # Raw heartbeat samples are kept this long; 5-minute rollups of them much longer.
 METRIC_RAW_RETENTION_HOURS = int(env("METRIC_RAW_RETENTION_HOURS", "48"))
 METRIC_ROLLUP_RETENTION_DAYS = int(env("METRIC_ROLLUP_RETENTION_DAYS", "35"))
+# Bearer token Prometheus scrapes /metrics with; unset, the endpoint does not exist (404).
+PROMETHEUS_TOKEN = env("PROMETHEUS_TOKEN", "")
 
 LOGGING = {
     "version": 1,
