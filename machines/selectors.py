@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from django.contrib.postgres.aggregates import ArrayAgg
+from django.contrib.postgres.fields import ArrayField
 from django.db.models import (
     Avg,
+    CharField,
     Count,
     DateTimeField,
     DurationField,
@@ -14,11 +16,14 @@ from django.db.models import (
     F,
     FloatField,
     Func,
+    IntegerField,
+    OuterRef,
     Q,
     QuerySet,
+    Subquery,
     Value,
 )
-from django.db.models.functions import Cast, NullIf
+from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
 from .choices import AlertStatus, GPUHealth, HostStatus
@@ -42,12 +47,23 @@ def region_list() -> QuerySet[Region]:
     return Region.objects.annotate(host_count=Count("hosts")).order_by("name")
 
 
+def _gpus_of_host():
+    return GPU.objects.filter(host=OuterRef("pk")).exclude(health=GPUHealth.LOST)
+
+
+def host_list_base() -> QuerySet[Host]:
+    """Hosts in list order, nothing computed: what filters and pagination work on."""
+    return Host.objects.order_by("name")
+
+
 def host_list() -> QuerySet[Host]:
+    """Hosts with their GPU count. The count is a correlated subquery, not a join with GROUP
+    BY, so that a page of 50 out of 10,000 hosts aggregates 50 hosts' GPUs, and the
+    paginator's COUNT(*) touches only the hosts table."""
+    gpu_count = _gpus_of_host().order_by().values("host").annotate(n=Count("id")).values("n")
     return (
         Host.objects.select_related("region")
-        .annotate(
-            gpu_count=Count("gpus", filter=~Q(gpus__health=GPUHealth.LOST)),
-        )
+        .annotate(gpu_count=Coalesce(Subquery(gpu_count, output_field=IntegerField()), 0))
         .order_by("name")
     )
 
@@ -79,13 +95,15 @@ def fleet_summary() -> dict:
 
 def host_list_with_figures() -> QuerySet[Host]:
     """``host_list()`` with what the host list page shows: GPU models and memory use in %."""
+    gpu_models = (
+        _gpus_of_host()
+        .order_by()
+        .values("host")
+        .annotate(models=ArrayAgg("model", distinct=True))
+        .values("models")
+    )
     return host_list().annotate(
-        gpu_models=ArrayAgg(
-            "gpus__model",
-            distinct=True,
-            filter=Q(gpus__health__in=[GPUHealth.OK, GPUHealth.DEGRADED]),
-            default=Value([]),
-        ),
+        gpu_models=Coalesce(Subquery(gpu_models, output_field=ArrayField(CharField())), Value([])),
         memory_percent=ExpressionWrapper(
             Cast("memory_used", FloatField()) * 100 / NullIf("memory_total", 0),
             output_field=FloatField(),
