@@ -11,7 +11,7 @@ from remotegpu_agent import protocol
 
 from .services import commands as command_services
 from .services import hosts as host_services
-from .services.heartbeats import batcher
+from .services.heartbeats import batcher, heartbeat_time
 from .services.join import credential_authenticate
 from .services.realtime import CLOSE_CREDENTIAL_INVALID, agent_group
 
@@ -60,6 +60,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         )
         await self._send_commands()
 
+    async def dispatch(self, message):
+        # Channels checks for stale database connections (a hop to a worker thread) before
+        # every message. A heartbeat touches no database here, and the handlers that do go
+        # through database_sync_to_async, which makes that check itself: skip it per message.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
     async def disconnect(self, code):
         if self.host is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -80,14 +89,18 @@ class AgentConsumer(AsyncWebsocketConsumer):
             protocol.CommandResult: self._on_result,
         }.get(type(message))
         if handler is None:
-            logger.warning("host %s sent a server-only message %s", self.host.pk, message.type)
-            await self._send(
-                protocol.Error(reason=f"{message.type} is not an agent message", ref=message.id)
-            )
+            reason = f"{message.type} is not an agent message"
+            logger.warning("host %s sent a refused message: %s", self.host.pk, reason)
+            await self._send(protocol.Error(reason=reason, ref=message.id))
             return
-        await handler(message)
+        try:
+            await handler(message)
+        except protocol.ProtocolError as error:  # well-formed, but figures no column holds
+            logger.warning("host %s sent a refused message: %s", self.host.pk, error)
+            await self._send(protocol.Error(reason=str(error)[:500], ref=message.id))
 
     async def _on_heartbeat(self, message):
+        heartbeat_time(message)  # refused here, not when it would fail everyone's batch
         batcher.add(self.host.pk, message, timezone.now())
 
     async def _on_inventory(self, message):

@@ -1,6 +1,12 @@
 """Every URL of the project, tried as four callers: anonymous, another organisation's owner,
 a member of the organisation that owns the data, and an operator.
 
+The fleet (hosts, GPUs, join tokens, credentials, commands, samples) belongs to no organisation
+and is the operators' alone: its routes refuse the other organisation's owner *and* the member
+(403 or 404), and none of its names ("kestrel") or secrets appear in what they are shown.
+Regions are the exception: anyone signed in reads them. The agent's join endpoint is reachable
+without an account; without a valid join token it answers 400 and creates nothing.
+
 The suite walks ``get_resolver()`` so that a new route is tested the day it is added: a route
 whose path parameters this file cannot fill fails loudly with its name. Path parameters are
 filled with objects of organisation A ("Acme"); every piece of A's data contains the word
@@ -24,6 +30,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.urls import URLResolver, get_resolver, resolve, reverse
+from django.utils import timezone
 from django.utils.regex_helper import normalize
 from rest_framework.test import APIClient
 
@@ -35,8 +42,24 @@ from accounts.services.organizations import organization_create
 from accounts.services.ssh_keys import ssh_key_add
 from accounts.services.tokens import token_create
 from accounts.tests.factories import OperatorFactory, UserFactory
+from machines.choices import AlertMetric, AlertStatus, OnboardingAuth, Severity
+from machines.models import (
+    GPU,
+    Alert,
+    AlertRule,
+    GPUSample,
+    GPUSampleRollup,
+    HostCredential,
+    HostSample,
+    HostSampleRollup,
+    OnboardingJob,
+    Region,
+)
+from machines.services.commands import command_create
+from machines.services.join import host_join, join_token_create
 
 MARKER = "acme"  # every name, e-mail and slug of organisation A contains it; nothing else does
+FLEET_MARKER = "kestrel"  # every name of the fleet's hosts, GPUs, tokens and commands
 
 
 # The routes -----------------------------------------------------------------------------------
@@ -58,6 +81,8 @@ class Route:
     def kind(self) -> str:
         if self.namespace == "admin":
             return "admin"
+        if self.name == AGENT_JOIN:
+            return "agent"
         if self.namespace == "api":
             return "api"
         if self.callback.__module__.startswith("allauth."):
@@ -104,7 +129,14 @@ PUBLIC_ROUTES = {
     "redoc",
     "/api/",  # redirect to the API docs
     "set_language",
+    "metrics",  # Prometheus's scrape: its own bearer token (404 when PROMETHEUS_TOKEN is unset)
+    "agent_wheel_download",  # the agent's wheel for hosts being onboarded: no secret in it
 }
+
+# The fleet is operator-only, except regions (read by everyone signed in) and the agent's join
+# endpoint, whose caller authenticates with the join token in the body.
+AGENT_JOIN = "api:agent-join"
+FLEET_FOR_EVERYONE = {"api:region-list", "api:region-detail"}
 
 # allauth pages a signed-out visitor may open; every other allauth page wants a session.
 ALLAUTH_ANONYMOUS = {
@@ -144,6 +176,39 @@ PK_OBJECTS = {
     "notification-detail": "notification",
     "notification-read": "notification",
     "audit-event-detail": "audit_event",
+    # The fleet's API and operator pages.
+    "region-detail": "region",
+    "host-detail": "host",
+    "host-commands": "host",
+    "host-drain": "host",
+    "host-labels": "host",
+    "host-maintenance": "host",
+    "host-metrics": "host",
+    "host-resume": "host",
+    "host-retire": "host",
+    "host-revoke-credential": "host",
+    "host-rotate-credential": "host",
+    "gpu-detail": "gpu",
+    "host-command-detail": "command",
+    "join-token-detail": "join_token",
+    "host_detail": "host",
+    "host_labels": "host",
+    "host_status": "host",
+    "host_command": "host",
+    "host_credential_revoke": "host",
+    "host_credential_rotate": "host",
+    "join_token_revoke": "join_token",
+    "alert-detail": "alert",
+    "alert-acknowledge": "alert",
+    "alert-rule-detail": "alert_rule",
+    "alert_detail": "alert",
+    "alert_acknowledge": "alert",
+    "alert_rule_edit": "alert_rule",
+    "alert_rule_enabled": "alert_rule",
+    "onboarding_detail": "onboarding_job",
+    "onboarding_progress": "onboarding_job",
+    "onboarding_confirm": "onboarding_job",
+    "onboarding_cancel": "onboarding_job",
 }
 
 # Which object of A the admin's ``<path:object_id>`` routes open, by model.
@@ -160,6 +225,20 @@ ADMIN_OBJECTS = {
     "mfa.authenticator": "authenticator",
     # Groups belong to no organisation; the object is filled so the routes are still walked.
     "auth.group": "group",
+    # The fleet belongs to no organisation either; the admin is operators' only.
+    "machines.region": "region",
+    "machines.host": "host",
+    "machines.gpu": "gpu",
+    "machines.jointoken": "join_token",
+    "machines.hostcredential": "credential",
+    "machines.agentcommand": "command",
+    "machines.hostsample": "host_sample",
+    "machines.gpusample": "gpu_sample",
+    "machines.hostsamplerollup": "host_rollup",
+    "machines.gpusamplerollup": "gpu_rollup",
+    "machines.alertrule": "alert_rule",
+    "machines.alert": "alert",
+    "machines.onboardingjob": "onboarding_job",
 }
 
 # Admin pages that do not answer an operator's GET with 200, and what they answer instead.
@@ -175,11 +254,19 @@ OPERATOR_ADMIN_STATUS = {
     "admin:accounts_sshkey_add": 403,
     "admin:accounts_auditevent_add": 403,
     "admin:accounts_auditevent_delete": 403,
+    # Join tokens are minted on the operator pages (which show the token once); credentials
+    # come from joining; commands from their service.
+    "admin:machines_jointoken_add": 403,
+    "admin:machines_hostcredential_add": 403,
+    "admin:machines_agentcommand_add": 403,
+    "admin:machines_alert_add": 403,  # alerts come from rule evaluation
+    "admin:machines_onboardingjob_add": 403,  # started from the pages that confirm host keys
 }
 
 # Parameters that are no object of A: the admin's catch-all, the admin index of one app, the
-# content type of "view on site". They are filled, but do not make the route "about A".
-NEUTRAL_PARAMS = {"url", "app_label", "content_type_id"}
+# content type of "view on site", the version of the agent's wheel. They are filled, but do not
+# make the route "about A".
+NEUTRAL_PARAMS = {"url", "app_label", "content_type_id", "version"}
 
 
 # The data --------------------------------------------------------------------------------------
@@ -199,7 +286,11 @@ class World:
     operator: User
     objects: dict
     invitation_key: str
-    secrets: tuple[str, ...]  # values of A without the marker: token key, fingerprint, key
+    # Values of A and of the fleet without a marker: token key, fingerprint, invitation key,
+    # join token and host credential.
+    secrets: tuple[str, ...]
+    join_token: str  # used up by the fleet's one host
+    host_credential: str
 
 
 @pytest.fixture
@@ -224,6 +315,7 @@ def world(db) -> World:
     outsider = UserFactory(email="otto@borealis.test", name="Otto Outsider")
     organization_create(user=outsider, name="Borealis Labs", slug="borealis")
     operator = OperatorFactory(email="olga@operators.test", name="Olga Operator")
+    fleet = _fleet(operator)
 
     objects = {
         "organization": organization,
@@ -238,6 +330,7 @@ def world(db) -> World:
         "unverified_email": unverified,
         "authenticator": authenticator,
         "group": Group.objects.create(name="operators-on-call"),
+        **fleet.objects,
     }
     return World(
         organization=organization,
@@ -246,7 +339,99 @@ def world(db) -> World:
         operator=operator,
         objects=objects,
         invitation_key=invitation_key,
-        secrets=(token.key, ssh_key.fingerprint, invitation_key),
+        secrets=(token.key, ssh_key.fingerprint, invitation_key, *fleet.secrets),
+        join_token=fleet.secrets[0],
+        host_credential=fleet.secrets[1],
+    )
+
+
+@dataclass
+class Fleet:
+    objects: dict
+    secrets: tuple[str, ...]  # join token, host credential, then their keys
+
+
+def _fleet(operator: User) -> Fleet:
+    """A host that joined with a join token, with a GPU, a command, samples and their rollups,
+    an alert of a rule, and an onboarding job."""
+    region = Region.objects.create(name="Nordic Hall", slug="nordic-hall", location="Hall 2")
+    issued = join_token_create(
+        operator=operator, name="kestrel rack", region=region, labels={"team": "kestrel"}
+    )
+    joined = host_join(token=issued.plaintext, name="kestrel-gpu-01")
+    host = joined.host
+    gpu = GPU.objects.create(
+        host=host,
+        uuid="GPU-kestrel-0001",
+        index=0,
+        model="Kestrel test GPU",
+        memory_total=80 * 2**30,
+    )
+    now = timezone.now()
+    command = command_create(host=host, kind="ping", payload={"note": "kestrel"})
+    host_sample = HostSample.objects.create(
+        host=host,
+        time=now,
+        cpu_percent=1,
+        memory_used=1,
+        memory_total=2,
+        disk_used=1,
+        disk_total=2,
+    )
+    gpu_sample = GPUSample.objects.create(
+        gpu=gpu, time=now, utilization=1, memory_used=1, temperature=40, power_draw=100
+    )
+    credential = HostCredential.objects.get(host=host)
+    host_rollup = HostSampleRollup.objects.create(
+        host=host,
+        time=now,
+        cpu_percent=1,
+        memory_used=1,
+        memory_total=2,
+        disk_used=1,
+        disk_total=2,
+    )
+    gpu_rollup = GPUSampleRollup.objects.create(
+        gpu=gpu, time=now, utilization=1, memory_used=1, temperature=40, power_draw=100
+    )
+    alert_rule = AlertRule.objects.create(
+        name="kestrel hot GPU", metric=AlertMetric.GPU_TEMPERATURE, threshold=85
+    )
+    alert = Alert.objects.create(
+        rule=alert_rule,
+        host=host,
+        gpu=gpu,
+        status=AlertStatus.FIRING,
+        severity=Severity.WARNING,
+        value=90,
+        message="kestrel GPU at 90 °C",
+        since=now,
+        fired_at=now,
+    )
+    onboarding_job = OnboardingJob.objects.create(
+        name="kestrel-gpu-02",
+        address="kestrel-02.lan",
+        username="kestrel",
+        auth_method=OnboardingAuth.PASSWORD,
+        created_by=operator,
+    )
+    return Fleet(
+        objects={
+            "region": region,
+            "host": host,
+            "gpu": gpu,
+            "join_token": issued.join_token,
+            "credential": credential,
+            "command": command,
+            "host_sample": host_sample,
+            "gpu_sample": gpu_sample,
+            "host_rollup": host_rollup,
+            "gpu_rollup": gpu_rollup,
+            "alert_rule": alert_rule,
+            "alert": alert,
+            "onboarding_job": onboarding_job,
+        },
+        secrets=(issued.plaintext, joined.credential, issued.join_token.key, credential.key),
     )
 
 
@@ -258,6 +443,8 @@ def _param_value(route: Route, param: str, world: World) -> str | None:
         return "no-such-page/"  # the admin's catch-all
     if param == "app_label":
         return "accounts"
+    if param == "version" and route.name == "agent_wheel_download":
+        return "0.0.0"  # no such build: the walk checks the route, not the wheel builder
     if param == "key" and route.name == "accounts:invitation_respond":
         return world.invitation_key
     if param == "key" and route.name == "account_confirm_email":
@@ -303,14 +490,26 @@ def _url(route: Route, world: World) -> str:
 
 
 def _is_about_a(route: Route) -> bool:
+    if route.name in FLEET_FOR_EVERYONE:
+        return False  # regions belong to no organisation and every signed-in user reads them
     return any(param not in NEUTRAL_PARAMS for param in route.params)
+
+
+def _is_fleet(route: Route) -> bool:
+    """Operator-only routes of the fleet (its API and pages; the admin is checked as admin)."""
+    module = getattr(route.callback, "__module__", "") or ""
+    return module.startswith("machines.") and route.name not in {
+        *FLEET_FOR_EVERYONE,
+        AGENT_JOIN,
+        *PUBLIC_ROUTES,
+    }
 
 
 # Requests and checks ---------------------------------------------------------------------------
 
 
 def _methods(route: Route) -> tuple[str, ...]:
-    if route.kind == "api":
+    if route.kind in {"api", "agent"}:
         return ("get", "post", "patch", "delete")
     if route.kind == "portal":
         return ("get", "post")
@@ -335,9 +534,9 @@ def _body(response) -> str:
 def _assert_nothing_of_a(route: Route, method: str, url: str, response, world: World) -> None:
     # The page may echo the path the caller asked for (language switcher, login "next").
     body = _body(response).replace(url, "").lower()
-    leaks = [MARKER] if MARKER in body else []
+    leaks = [marker for marker in (MARKER, FLEET_MARKER) if marker in body]
     leaks += [secret for secret in world.secrets if secret.lower() in body]
-    assert not leaks, f"{method.upper()} {url} ({route.name}) shows {leaks} of organisation A"
+    assert not leaks, f"{method.upper()} {url} ({route.name}) shows {leaks} of A or of the fleet"
 
 
 def _assert_login_redirect(route, method, url, response, login_url: str) -> None:
@@ -371,10 +570,11 @@ def _assert_admin_refuses(route, method, url, response) -> None:
 
 
 def _table_fingerprint(ignore_logout_of: User | None = None) -> dict[str, tuple[int, str]]:
-    """Row count and a hash of every row of the accounts tables (and allauth's and auth's)."""
+    """Row count and a hash of every row of the accounts and machines tables (and allauth's and
+    auth's)."""
     state = {}
     for model in apps.get_models():
-        if model._meta.app_label not in {"accounts", "account", "mfa", "auth"}:
+        if model._meta.app_label not in {"accounts", "machines", "account", "mfa", "auth"}:
             continue
         queryset = model._base_manager.order_by("pk")
         if model is AuditEvent and ignore_logout_of is not None:
@@ -418,10 +618,24 @@ def test_url_access(route: Route, world: World):
             _assert_login_redirect(route, method, url, response, login_url)
         elif route.kind == "api":
             _assert_api_refusal(route, method, url, response)
+        elif route.kind == "agent":
+            _assert_agent_join_refuses(method, url, response)
         elif route.kind == "admin":
             _assert_admin_refuses(route, method, url, response)
         elif route.kind == "allauth" and route.url_name not in ALLAUTH_ANONYMOUS:
             _assert_login_redirect(route, method, url, response, login_url)
+
+    if route.kind == "agent":
+        # Well-formed, but no valid join token: refused on the token field, nothing created.
+        for token in (
+            "rjt_garbage",
+            world.join_token,
+            world.host_credential,
+            world.objects["join_token"].key,
+        ):
+            response = anonymous.post(url, {"token": token, "name": "intruder"}, format="json")
+            assert response.status_code == 400, (token, response.content)
+            assert set(response.json()["error"]["fields"]) == {"token"}
 
     outsider_statuses = []
     for method in _methods(route):
@@ -447,6 +661,22 @@ def test_url_access(route: Route, world: World):
         f"{route.name}: anonymous or other-organisation requests changed the database"
     )
 
+    if _is_fleet(route):
+        _assert_fleet_refuses(route, url, "other organisation", outsider, world)
+        _assert_fleet_refuses(route, url, "member", member, world)
+        assert _table_fingerprint() == before, (
+            f"{route.name}: a member's requests changed the fleet or accounts tables"
+        )
+    if route.name in FLEET_FOR_EVERYONE:
+        for who, client in (("other organisation", outsider), ("member", member)):
+            response = client.get(url)
+            assert response.status_code == 200, f"{who} GET {url}: {response.status_code}"
+            assert world.objects["region"].name in response.content.decode()
+            for method in ("post", "patch", "delete"):
+                status = _send(client, method, url).status_code
+                assert status in (403, 405), f"{who} {method.upper()} {url}: {status}"
+        assert _table_fingerprint() == before, f"{route.name}: a customer changed a region"
+
     insider_statuses = []
     for who, client in (("member", member), ("operator", operator)):
         for method in _methods(route):
@@ -463,6 +693,32 @@ def test_url_access(route: Route, world: World):
         assert set(insider_statuses) - {403, 404, 405}, (
             f"{route.name}: even the member and the operator were refused: {insider_statuses}"
         )
+
+
+def _assert_agent_join_refuses(method: str, url: str, response) -> None:
+    """No account needed, but nothing without a join token: 400 to an empty POST, 405 else."""
+    expected = 400 if method == "post" else 405
+    assert response.status_code == expected, (
+        f"anonymous {method.upper()} {url}: {response.status_code}, expected {expected}"
+    )
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "fields"}, error
+    if method == "post":
+        assert {"token", "name"} <= set(error["fields"]), error
+
+
+def _assert_fleet_refuses(route: Route, url: str, who: str, client, world: World) -> None:
+    """Fleet routes are operators' only: 403 or 404 (405 for a method the route lacks), and
+    nothing of the fleet in the answer."""
+    statuses = []
+    for method in _methods(route):
+        response = _send(client, method, url)
+        statuses.append(response.status_code)
+        assert response.status_code in (403, 404, 405), (
+            f"{who} {method.upper()} {url} ({route.name}): {response.status_code}"
+        )
+        _assert_nothing_of_a(route, method, url, response, world)
+    assert {403, 404} & set(statuses), f"{route.name}: {who} was never refused: {statuses}"
 
 
 def _assert_operator_admin(route: Route, url: str, response) -> None:

@@ -5,6 +5,7 @@ A command past its deadline fails visibly."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 
 from django.db import transaction
@@ -66,23 +67,36 @@ def command_list_to_send(host_id: int, command_id: str | None = None) -> list[Ag
     return commands
 
 
+def _command_uuid(command_id: str) -> uuid.UUID | None:
+    """The agent says which command it means; anything but a UUID means none of ours."""
+    try:
+        return uuid.UUID(command_id)
+    except (TypeError, ValueError):
+        return None
+
+
 def command_acknowledge(host_id: int, command_id: str) -> bool:
+    """The agent has the command; an ack for another host's or an unknown command is a no-op."""
+    pk = _command_uuid(command_id)
+    if pk is None:
+        return False
     return bool(
         AgentCommand.objects.filter(
-            host_id=host_id, pk=command_id, status__in=[CommandStatus.PENDING, CommandStatus.SENT]
+            host_id=host_id, pk=pk, status__in=[CommandStatus.PENDING, CommandStatus.SENT]
         ).update(status=CommandStatus.ACKED, acked_at=timezone.now())
     )
 
 
 def command_finish(host_id: int, command_id: str, *, ok: bool, result: dict, error: str) -> bool:
     """Record the outcome once; a resent result for a finished command changes nothing."""
+    pk = _command_uuid(command_id)
+    if pk is None:
+        return False
     if len(json.dumps(result)) > MAX_RESULT_BYTES:
         result = {"truncated": True}
         error = error or "result too large"
     return bool(
-        AgentCommand.objects.filter(
-            host_id=host_id, pk=command_id, status__in=OPEN_COMMAND_STATES
-        ).update(
+        AgentCommand.objects.filter(host_id=host_id, pk=pk, status__in=OPEN_COMMAND_STATES).update(
             status=CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED,
             result=result,
             error=error[:10_000],

@@ -100,12 +100,13 @@ def test_agent_joins_reports_and_answers_commands(daphne_server, tmp_path):
     _join(daphne_server, state, "it-host-1")
     agent = _run_agent(state, control, tmp_path)
     try:
+        # Online first, then the inventory (a separate message) has been stored.
         host = wait_until(
             lambda: Host.objects.filter(
-                name="it-host-1", status=HostStatus.ONLINE, connected=True
+                name="it-host-1", status=HostStatus.ONLINE, connected=True, gpu_backend="fake"
             ).first(),
             timeout=START_TIMEOUT,
-            what="the host to be online",
+            what="the host to be online with its inventory",
             process=agent,
         )
         assert host.labels == {"rack": "a1"}

@@ -1,0 +1,250 @@
+"""Heartbeats are stored in batches, once each, with a constant number of queries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+from remotegpu_agent import protocol
+
+from machines.choices import HostStatus
+from machines.models import GPUSample, Host, HostSample
+from machines.services.heartbeats import (
+    HeartbeatBatcher,
+    PendingHeartbeat,
+    heartbeat_time,
+    heartbeats_store,
+)
+
+from .factories import GIB, GPUFactory, HostFactory
+
+T0 = 1_800_000_000.0  # agent clock, Unix seconds
+
+
+def _gpu_sample(uuid: str, utilization: float = 50.0) -> protocol.GPUSample:
+    return protocol.GPUSample(
+        uuid=uuid,
+        utilization=utilization,
+        memory_used=10 * GIB,
+        memory_total=80 * GIB,
+        temperature=61.5,
+        power_draw=250.0,
+        power_limit=400.0,
+        ecc_errors=2,
+    )
+
+
+def _beat(at: float = T0, *gpus, cpu: float = 12.5) -> protocol.Heartbeat:
+    return protocol.Heartbeat(
+        time=at,
+        cpu_percent=cpu,
+        memory_used=100 * GIB,
+        memory_total=512 * GIB,
+        disk_used=1000 * GIB,
+        disk_total=4000 * GIB,
+        load1=3.5,
+        gpus=list(gpus),
+    )
+
+
+def _pending(host, beat, received_at=None) -> PendingHeartbeat:
+    return PendingHeartbeat(host.pk, beat, received_at or timezone.now())
+
+
+def test_store_writes_samples_and_latest_figures(db):
+    host = HostFactory(cpu_percent=None, last_seen_at=None)
+    gpu_a = GPUFactory(host=host, uuid="GPU-a")
+    gpu_b = GPUFactory(host=host, uuid="GPU-b")
+    received = timezone.now()
+
+    stored = heartbeats_store(
+        [
+            _pending(host, _beat(T0, _gpu_sample("GPU-a", 10), _gpu_sample("GPU-b", 20), cpu=5)),
+            _pending(
+                host,
+                _beat(T0 + 15, _gpu_sample("GPU-a", 30), _gpu_sample("GPU-b", 40), cpu=7),
+                received,
+            ),
+        ]
+    )
+
+    assert stored == 2
+    samples = list(HostSample.objects.filter(host=host).order_by("time"))
+    assert [s.time for s in samples] == [
+        datetime.fromtimestamp(T0, tz=UTC),
+        datetime.fromtimestamp(T0 + 15, tz=UTC),
+    ]
+    assert [s.cpu_percent for s in samples] == [5, 7]
+    assert (samples[0].memory_used, samples[0].disk_total, samples[0].load1) == (
+        100 * GIB,
+        4000 * GIB,
+        3.5,
+    )
+    assert sorted(GPUSample.objects.values_list("gpu_id", "utilization")) == sorted(
+        [(gpu_a.pk, 10), (gpu_b.pk, 20), (gpu_a.pk, 30), (gpu_b.pk, 40)]
+    )
+    host.refresh_from_db()
+    assert (host.cpu_percent, host.memory_used, host.disk_used) == (7, 100 * GIB, 1000 * GIB)
+    assert host.last_seen_at == received
+    gpu_a.refresh_from_db()
+    assert (gpu_a.utilization, gpu_a.memory_used, gpu_a.temperature) == (30, 10 * GIB, 61.5)
+    assert (gpu_a.power_draw, gpu_a.power_limit, gpu_a.ecc_errors) == (250, 400, 2)
+
+
+def test_resent_heartbeat_is_stored_once(db):
+    host = HostFactory()
+    GPUFactory(host=host, uuid="GPU-a")
+    beat = _beat(T0, _gpu_sample("GPU-a"))
+
+    heartbeats_store([_pending(host, beat), _pending(host, beat)])  # twice in one batch
+    heartbeats_store([_pending(host, beat)])  # and again after a reconnect
+
+    assert HostSample.objects.filter(host=host).count() == 1
+    assert GPUSample.objects.count() == 1
+
+
+def test_same_agent_time_of_two_hosts_is_two_samples(db):
+    first, second = HostFactory(), HostFactory()
+    heartbeats_store([_pending(first, _beat(T0)), _pending(second, _beat(T0))])
+    assert HostSample.objects.count() == 2
+
+
+def test_unknown_or_foreign_gpu_uuids_are_skipped(db):
+    host, other = HostFactory(), HostFactory()
+    GPUFactory(host=host, uuid="GPU-mine")
+    foreign = GPUFactory(host=other, uuid="GPU-theirs", utilization=1.0)
+
+    heartbeats_store(
+        [
+            _pending(
+                host,
+                _beat(
+                    T0,
+                    _gpu_sample("GPU-mine"),
+                    _gpu_sample("GPU-unknown"),
+                    _gpu_sample("GPU-theirs", 99),
+                ),
+            )
+        ]
+    )
+
+    assert list(GPUSample.objects.values_list("gpu__uuid", flat=True)) == ["GPU-mine"]
+    foreign.refresh_from_db()
+    assert foreign.utilization == 1.0
+    assert HostSample.objects.filter(host=host).count() == 1
+
+
+def test_a_heartbeat_brings_an_offline_host_back_online(db):
+    """Offline detection may have fired while the socket stayed up (a slow flush, a database
+    hiccup); the next heartbeat proves the host is there."""
+    offline = HostFactory(status=HostStatus.OFFLINE, status_reason="No heartbeat")
+    maintenance = HostFactory(status=HostStatus.MAINTENANCE)
+    retired = HostFactory(status=HostStatus.RETIRED)
+
+    heartbeats_store([_pending(host, _beat(T0)) for host in (offline, maintenance, retired)])
+
+    statuses = dict(Host.objects.values_list("pk", "status"))
+    assert statuses == {
+        offline.pk: HostStatus.ONLINE,
+        maintenance.pk: HostStatus.MAINTENANCE,
+        retired.pk: HostStatus.RETIRED,
+    }
+    offline.refresh_from_db()
+    assert offline.status_reason == ""
+
+
+@pytest.mark.parametrize("at", [1e300, -1e300, 1e20])
+def test_heartbeat_time_refuses_impossible_times(at):
+    with pytest.raises(protocol.ProtocolError):
+        heartbeat_time(_beat(at))
+
+
+def test_heartbeat_time_is_the_agents_clock():
+    assert heartbeat_time(_beat(T0)) == datetime.fromtimestamp(T0, tz=UTC)
+
+
+def _batch(hosts, count: int) -> list[PendingHeartbeat]:
+    """``count`` heartbeats spread over ``hosts``, each with two GPUs."""
+    return [
+        _pending(
+            host,
+            _beat(
+                T0 + n,
+                _gpu_sample(f"GPU-{host.pk}-0"),
+                _gpu_sample(f"GPU-{host.pk}-1"),
+            ),
+        )
+        for n in range(count)
+        for host in [hosts[n % len(hosts)]]
+    ]
+
+
+# GPU lookup; savepoint; host and GPU sample inserts; host and GPU figure updates; offline hosts
+# back online; savepoint release.
+FLUSH_QUERIES = 8
+
+
+@pytest.mark.parametrize("count", [10, 50])
+def test_flush_of_heartbeats_from_10_hosts_takes_a_constant_number_of_queries(
+    db, django_assert_num_queries, count
+):
+    hosts = [HostFactory() for _ in range(10)]
+    for host in hosts:
+        GPUFactory(host=host, uuid=f"GPU-{host.pk}-0")
+        GPUFactory(host=host, uuid=f"GPU-{host.pk}-1")
+
+    with django_assert_num_queries(FLUSH_QUERIES):
+        assert heartbeats_store(_batch(hosts, count)) == count
+
+    assert HostSample.objects.count() == count
+    assert GPUSample.objects.count() == 2 * count
+
+
+# The batcher ------------------------------------------------------------------------------
+
+
+def test_batcher_flushes_on_its_own_and_survives_a_failing_store(transactional_db, caplog):
+    calls: list[list[PendingHeartbeat]] = []
+
+    def store(batch):
+        calls.append(batch)
+        if len(calls) == 1:
+            raise RuntimeError("database went away")
+        return len(batch)
+
+    batcher = HeartbeatBatcher(store=store)
+    host = HostFactory()
+
+    async def scenario():
+        batcher.add(host.pk, _beat(T0), timezone.now())
+        deadline = time.monotonic() + 5
+        while len(calls) < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        batcher.add(host.pk, _beat(T0 + 15), timezone.now())
+        while len(calls) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        batcher._task.cancel()
+
+    async_to_sync(scenario)()
+
+    assert [len(batch) for batch in calls] == [1, 1]
+    assert calls[1][0].heartbeat.time == T0 + 15
+    assert "could not store 1 heartbeats" in caplog.text
+
+
+def test_batcher_flush_writes_what_is_pending(transactional_db):
+    host = HostFactory()
+    batcher = HeartbeatBatcher()
+
+    async def scenario():
+        batcher.add(host.pk, _beat(T0), timezone.now())
+        batcher.add(host.pk, _beat(T0 + 15), timezone.now() + timedelta(seconds=15))
+        await batcher.flush()
+        batcher._task.cancel()
+
+    async_to_sync(scenario)()
+    assert HostSample.objects.filter(host=host).count() == 2
