@@ -43,6 +43,10 @@ from .services import join as join_services
 PAGE_SIZE = 50
 RECENT_COMMANDS = 10
 METRIC_RANGES = list(selectors.METRIC_RANGES)
+# How often the charts fetch fresh figures, in seconds: ``?refresh=`` (a wall display, a test)
+# within these bounds, else as often as the host reports (the fleet page: every 15 s).
+CHART_REFRESH_MIN, CHART_REFRESH_MAX = 1, 300
+FLEET_CHART_REFRESH = 15
 
 
 def operator_required(view):
@@ -59,6 +63,14 @@ def operator_required(view):
 
 def _page(request, queryset):
     return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+def _chart_refresh_seconds(request, default: int) -> int:
+    try:
+        wanted = int(request.GET.get("refresh", default))
+    except ValueError:
+        wanted = default
+    return min(max(wanted, CHART_REFRESH_MIN), CHART_REFRESH_MAX)
 
 
 # Fleet overview ----------------------------------------------------------------------------
@@ -82,6 +94,7 @@ def fleet_overview(request):
         "gpu_models": models,
         "recently_offline": selectors.host_list_recently_offline(),
         "metric_ranges": METRIC_RANGES,
+        "chart_refresh_seconds": _chart_refresh_seconds(request, FLEET_CHART_REFRESH),
     }
     return render(request, "machines/fleet_overview.html", context)
 
@@ -142,6 +155,7 @@ def _render_host(request, host: Host, *, labels_form=None):
         "labels_form": labels_form or HostLabelsForm(initial={"labels": host.labels_text}),
         "metrics_url": reverse("api:host-metrics", args=[host.pk]),
         "metric_ranges": METRIC_RANGES,
+        "chart_refresh_seconds": _chart_refresh_seconds(request, host.heartbeat_interval),
     }
     return render(request, "machines/host_detail.html", context)
 

@@ -1,4 +1,3 @@
-from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -31,8 +30,3 @@ urlpatterns = [
 
 handler404 = "remotegpu.core.views.page_not_found"
 handler500 = "remotegpu.core.views.server_error"
-
-if settings.DEBUG:
-    from django.contrib.staticfiles.urls import staticfiles_urlpatterns
-
-    urlpatterns += staticfiles_urlpatterns()

@@ -22,10 +22,14 @@ cp "$tmp/bootstrap-icons/package/font/fonts/"* "$out/bootstrap-icons/fonts/"
 cp "$tmp/htmx.org/package/dist/htmx.min.js" "$tmp/htmx.org/package/LICENSE" "$out/htmx/"
 # The UMD build is already minified; time axes are linear epoch milliseconds (no date adapter).
 cp "$tmp/chart.js/package/dist/chart.umd.js" "$tmp/chart.js/package/LICENSE.md" "$out/chartjs/"
+# The source maps are not vendored: drop the comments that name them, or `collectstatic`'s
+# manifest storage refuses the files that point at missing maps.
+find "$out" -name '*.js' -o -name '*.css' | xargs sed -i -E '/^\/[/*]# sourceMappingURL=/d'
 cat > "$out/VERSIONS.md" <<TXT
 # Vendored front-end files
 
-Refreshed by \`scripts/vendor.sh\` from the npm registry. Each folder keeps its licence.
+Refreshed by \`scripts/vendor.sh\` from the npm registry. Each folder keeps its licence. The files
+are as published, less their \`sourceMappingURL\` comments (the maps are not vendored).
 
 | package | version | licence |
 |---|---|---|

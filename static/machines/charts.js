@@ -54,6 +54,19 @@
     return out;
   }
 
+  // Lines alone hide a sample with no neighbour (a new host, a point between two gaps): such
+  // points, and every point of a short series, get a dot.
+  var FEW_POINTS = 30;
+
+  function pointRadius(context) {
+    var data = context.dataset.data;
+    var i = context.dataIndex;
+    if (data.length <= FEW_POINTS) { return 2; }
+    var before = data[i - 1];
+    var after = data[i + 1];
+    return (!before || before.y === null) && (!after || after.y === null) ? 2 : 0;
+  }
+
   function dataset(label, data, colour) {
     return {
       label: label,
@@ -92,7 +105,10 @@
         responsive: true,
         maintainAspectRatio: false,
         interaction: { mode: "nearest", axis: "x", intersect: false },
-        elements: { point: { radius: 0, hoverRadius: 3 }, line: { borderWidth: 1.5, tension: 0.2 } },
+        elements: {
+          point: { radius: pointRadius, hoverRadius: 3 },
+          line: { borderWidth: 1.5, tension: 0.2 },
+        },
         scales: {
           x: {
             type: "linear",
@@ -181,6 +197,7 @@
     var range = buttons.length ? buttons[0].getAttribute("data-range") : "1h";
     var latest = 0;
     var shown = null;
+    var draws = 0;
 
     function draw(body) {
       var series = (kind === "fleet" ? fleetSeries : hostSeries)(body, titles);
@@ -224,6 +241,9 @@
           if (failed) { failed.classList.add("d-none"); }
           shown = body;
           draw(body);
+          // How many times fresh figures were drawn: shows (a test, a curious operator) that
+          // the page is live.
+          block.setAttribute("data-draws", String(++draws));
         })
         .catch(function () {
           if (ticket === latest && failed) { failed.classList.remove("d-none"); }

@@ -8,6 +8,7 @@ attached to the report of any failing test, and is always stopped when its fixtu
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,8 @@ from django.conf import settings
 from django.db import connection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+AGENT = shutil.which("remotegpu-agent") or str(Path(sys.executable).with_name("remotegpu-agent"))
+AGENT_INTERVAL = 1  # seconds between the heartbeats of agents the tests start
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 LOG_TAIL_LINES = 200
@@ -102,14 +105,18 @@ def wait_until(
         time.sleep(interval)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Attach the output of every running product process to a failing test's report."""
-    report = yield
+def attach_process_output(report) -> None:
+    """Add the output of every running product process to a failing test's report."""
     if report.failed:
         for process in _running:
             title = f"{process.name} output ({process.log_path})"
             report.sections.append((title, process.output()))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    attach_process_output(report)
     return report
 
 
@@ -121,9 +128,12 @@ def database_url_for_tests() -> str:
 
 @pytest.fixture(scope="session")
 def process_env(django_db_setup) -> dict[str, str]:
-    """Environment for product processes: test settings, test database, same Redis, no eager."""
+    """Environment for product processes: test settings, test database, same Redis, no eager.
+
+    Never with Django's async-safety check off, whatever this process needs (Playwright)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     return {
-        **os.environ,
+        **inherited,
         "DJANGO_SETTINGS_MODULE": "remotegpu.settings.test",
         "DATABASE_URL": database_url_for_tests(),
         "REDIS_URL": settings.REDIS_URL,
@@ -134,6 +144,26 @@ def process_env(django_db_setup) -> dict[str, str]:
 
 def _start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> ManagedProcess:
     return ManagedProcess(name, argv, env, log_dir / f"{name}.log")
+
+
+def start_agent(state: Path, control: Path, log_dir: Path, name: str = "agent") -> ManagedProcess:
+    """``remotegpu-agent run`` from ``state``: two fake GPUs steered by the ``control`` file,
+    a heartbeat every ``AGENT_INTERVAL`` seconds."""
+    argv = [
+        AGENT,
+        "run",
+        "--gpu-backend",
+        "fake",
+        "--fake-gpus",
+        "2",
+        "--fake-control",
+        str(control),
+        "--heartbeat-interval",
+        str(AGENT_INTERVAL),
+        "--state-dir",
+        str(state),
+    ]
+    return _start(name, argv, dict(os.environ), log_dir)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,18 +18,17 @@ from machines.services.commands import command_create
 from machines.services.join import credential_revoke, join_token_create
 
 from .conftest import (
+    AGENT,
+    AGENT_INTERVAL,
     START_TIMEOUT,
     DaphneServer,
-    ManagedProcess,
     _answers_healthz,
     _start,
+    start_agent,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-AGENT = shutil.which("remotegpu-agent") or str(Path(sys.executable).with_name("remotegpu-agent"))
-INTERVAL = 1  # seconds between heartbeats in these tests
 
 
 def _join(server: DaphneServer, state: Path, name: str) -> str:
@@ -61,24 +59,6 @@ def _join(server: DaphneServer, state: Path, name: str) -> str:
     return json.loads(config.read_text())["credential"]
 
 
-def _run_agent(state: Path, control: Path, log_dir: Path, name: str = "agent") -> ManagedProcess:
-    argv = [
-        AGENT,
-        "run",
-        "--gpu-backend",
-        "fake",
-        "--fake-gpus",
-        "2",
-        "--fake-control",
-        str(control),
-        "--heartbeat-interval",
-        str(INTERVAL),
-        "--state-dir",
-        str(state),
-    ]
-    return _start(name, argv, dict(os.environ), log_dir)
-
-
 def _status(state: Path) -> tuple[int, dict]:
     result = subprocess.run(
         [AGENT, "status", "--json", "--state-dir", str(state)],
@@ -98,7 +78,7 @@ def test_agent_joins_reports_and_answers_commands(daphne_server, tmp_path):
     state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
     control.write_text("{}")
     _join(daphne_server, state, "it-host-1")
-    agent = _run_agent(state, control, tmp_path)
+    agent = start_agent(state, control, tmp_path)
     try:
         # Online first, then the inventory (a separate message) has been stored.
         host = wait_until(
@@ -175,7 +155,7 @@ def test_kill_9_then_restart_is_online_again_without_duplicate_samples(daphne_se
     state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
     control.write_text("{}")
     _join(daphne_server, state, "it-host-2")
-    agent = _run_agent(state, control, tmp_path, "agent-first")
+    agent = start_agent(state, control, tmp_path, "agent-first")
     try:
         host = wait_until(
             lambda: Host.objects.filter(name="it-host-2", connected=True).first(),
@@ -195,14 +175,14 @@ def test_kill_9_then_restart_is_online_again_without_duplicate_samples(daphne_se
         agent.stop()
     before = HostSample.objects.filter(host=host).count()
 
-    restarted = _run_agent(state, control, tmp_path, "agent-second")
+    restarted = start_agent(state, control, tmp_path, "agent-second")
     try:
         wait_until(
             lambda: (
                 Host.objects.filter(pk=host.pk, connected=True, status=HostStatus.ONLINE).exists()
                 and HostSample.objects.filter(host=host).count() > before
             ),
-            timeout=INTERVAL * 5 + 5,
+            timeout=AGENT_INTERVAL * 5 + 5,
             what="the restarted agent to report",
             process=restarted,
         )
@@ -242,7 +222,7 @@ def test_agent_reconnects_after_daphne_restarts(process_env, tmp_path):
     state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
     control.write_text("{}")
     _join(server, state, "it-host-3")
-    agent = _run_agent(state, control, tmp_path)
+    agent = start_agent(state, control, tmp_path)
     try:
         host = wait_until(
             lambda: Host.objects.filter(name="it-host-3", connected=True).first(),

@@ -1,0 +1,170 @@
+"""Operator pages for onboarding a server over SSH, and the agent's wheel that such a server
+downloads. Thin: forms in, services called, templates out."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST, require_safe
+
+from remotegpu.core.errors import ApplicationError, NotFound
+from remotegpu.core.portal import apply_error_to_form, service_messages
+
+from .choices import OnboardingStatus
+from .links import server_url
+from .models import OnboardingJob
+from .onboarding_forms import OnboardingConfirmForm, OnboardingForm
+from .services import agent_package
+from .services import onboarding as onboarding_services
+from .views import PAGE_SIZE, operator_required
+
+LIVE_STATES = frozenset(
+    {OnboardingStatus.PENDING, OnboardingStatus.AWAITING_CONFIRMATION, OnboardingStatus.RUNNING}
+)
+
+
+def _job(pk) -> OnboardingJob:
+    return get_object_or_404(onboarding_services.onboarding_job_list(), pk=pk)
+
+
+def progress_context(job: OnboardingJob) -> dict:
+    """Every step of a run, recorded or still to come, ready for the page."""
+    recorded = {step.get("name"): step for step in job.steps if isinstance(step, dict)}
+    steps = []
+    for name in onboarding_services.STEPS:
+        step = recorded.get(name, {})
+        started = parse_datetime(step.get("started_at") or "")
+        finished = parse_datetime(step.get("finished_at") or "")
+        steps.append(
+            {
+                "name": name,
+                "label": onboarding_services.STEP_LABELS[name],
+                "status": step.get("status", "waiting"),
+                "output": step.get("output", ""),
+                "warning": step.get("warning", ""),
+                "seconds": (finished - started).total_seconds() if started and finished else None,
+            }
+        )
+    return {"job": job, "steps": steps, "live": job.status in LIVE_STATES}
+
+
+def render_progress(job: OnboardingJob) -> str:
+    """The live part of the job's page (also pushed over the job's WebSocket)."""
+    return render_to_string("machines/partials/onboarding_progress.html", progress_context(job))
+
+
+@operator_required
+def onboarding_list(request):
+    form = OnboardingForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = onboarding_services.onboarding_create(
+                operator=request.user,
+                name=data["name"],
+                address=data["address"],
+                port=data["port"],
+                username=data["username"],
+                password=data["password"],
+                private_key=data["private_key"],
+                passphrase=data["passphrase"],
+                region=data["region"],
+                labels=data["labels"],
+            )
+        except ApplicationError as error:
+            apply_error_to_form(form, error)
+        else:
+            messages.success(
+                request, _("Reading the host key of %(address)s…") % {"address": job.address}
+            )
+            return redirect("machines:onboarding_detail", pk=job.pk)
+    page = Paginator(onboarding_services.onboarding_job_list(), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "machines/onboarding_list.html", {"form": form, "page": page})
+
+
+def _render_detail(request, job: OnboardingJob, confirm_form=None, status=200):
+    if confirm_form is None and job.status == OnboardingStatus.AWAITING_CONFIRMATION:
+        confirm_form = OnboardingConfirmForm(
+            initial={"fingerprint": job.host_key_fingerprint, "server_url": server_url(request)}
+        )
+    context = {**progress_context(job), "confirm_form": confirm_form}
+    return render(request, "machines/onboarding_detail.html", context, status=status)
+
+
+@operator_required
+def onboarding_detail(request, pk):
+    return _render_detail(request, _job(pk))
+
+
+@operator_required
+def onboarding_progress(request, pk):
+    """The live part alone, for pages that poll; a page rendered for another status reloads."""
+    job = _job(pk)
+    shown = request.GET.get("status")
+    if shown and shown != job.status:
+        response = HttpResponse(status=204)
+        response["HX-Refresh"] = "true"
+        return response
+    return HttpResponse(render_progress(job))
+
+
+@operator_required
+@require_POST
+def onboarding_confirm(request, pk):
+    job = _job(pk)
+    form = OnboardingConfirmForm(request.POST)
+    if form.is_valid():
+        try:
+            onboarding_services.onboarding_confirm(
+                operator=request.user,
+                job=job,
+                fingerprint=form.cleaned_data["fingerprint"],
+                server_url=form.cleaned_data["server_url"],
+            )
+        except ApplicationError as error:
+            apply_error_to_form(form, error)
+        else:
+            messages.success(
+                request, _("Host key confirmed: onboarding %(name)s.") % {"name": job.name}
+            )
+            return redirect("machines:onboarding_detail", pk=job.pk)
+    job.refresh_from_db()
+    if job.status != OnboardingStatus.AWAITING_CONFIRMATION:
+        messages.error(request, " ".join(form.non_field_errors()) or _("Nothing to confirm."))
+        return redirect("machines:onboarding_detail", pk=job.pk)
+    return _render_detail(request, job, confirm_form=form, status=400)
+
+
+@operator_required
+@require_POST
+def onboarding_cancel(request, pk):
+    job = _job(pk)
+    with service_messages(request):
+        onboarding_services.onboarding_cancel(operator=request.user, job=job)
+        messages.success(request, _("Onboarding cancelled; its secret was wiped."))
+    return redirect("machines:onboarding_detail", pk=job.pk)
+
+
+@require_safe
+def agent_wheel_download(request, version):
+    """The agent's wheel, for ``pip install`` on a host being onboarded. Public: it holds no
+    secret, and the host has no account to sign in with."""
+    try:
+        wheel = agent_package.agent_wheel_get(version)
+    except NotFound as error:
+        raise Http404(str(error.message)) from error
+    except agent_package.AgentBuildError as error:
+        return HttpResponse(str(error.message), status=503, content_type="text/plain")
+    return FileResponse(
+        wheel.path.open("rb"),
+        as_attachment=True,
+        filename=wheel.filename,
+        content_type="application/octet-stream",
+    )
