@@ -197,7 +197,7 @@ class AgentCommandAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(HostSample)
+@admin.register(HostSample, HostSampleRollup)
 class HostSampleAdmin(admin.ModelAdmin):
     list_display = ["host", "time", "cpu_percent", "memory_used", "disk_used"]
     list_filter = ["time"]
@@ -205,24 +205,8 @@ class HostSampleAdmin(admin.ModelAdmin):
     list_select_related = ["host"]
 
 
-@admin.register(GPUSample)
+@admin.register(GPUSample, GPUSampleRollup)
 class GPUSampleAdmin(admin.ModelAdmin):
-    list_display = ["gpu", "time", "utilization", "temperature", "power_draw", "memory_used"]
-    list_filter = ["time"]
-    search_fields = ["gpu__uuid", "gpu__host__name"]
-    list_select_related = ["gpu", "gpu__host"]
-
-
-@admin.register(HostSampleRollup)
-class HostSampleRollupAdmin(admin.ModelAdmin):
-    list_display = ["host", "time", "cpu_percent", "memory_used", "disk_used"]
-    list_filter = ["time"]
-    search_fields = ["host__name"]
-    list_select_related = ["host"]
-
-
-@admin.register(GPUSampleRollup)
-class GPUSampleRollupAdmin(admin.ModelAdmin):
     list_display = ["gpu", "time", "utilization", "temperature", "power_draw", "memory_used"]
     list_filter = ["time"]
     search_fields = ["gpu__uuid", "gpu__host__name"]

@@ -230,8 +230,8 @@ class AgentCommand(TimeStampedModel):
         return f"{self.kind} → {self.host_id} ({self.status})"
 
 
-class HostSample(models.Model):
-    """One heartbeat's host figures, kept raw for a day; ``time`` is the agent's clock."""
+class HostFigures(models.Model):
+    """A host's figures at (or averaged over) ``time``; raw samples and rollups share them."""
 
     host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="+")
     time = models.DateTimeField(db_index=True)
@@ -241,6 +241,35 @@ class HostSample(models.Model):
     disk_used = models.BigIntegerField()
     disk_total = models.BigIntegerField()
     load1 = models.FloatField(default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.host_id} @ {self.time:%Y-%m-%d %H:%M:%S}"
+
+
+class GPUFigures(models.Model):
+    """One GPU's figures at (or averaged over) ``time``."""
+
+    gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="+")
+    time = models.DateTimeField(db_index=True)
+    utilization = models.FloatField()
+    memory_used = models.BigIntegerField()
+    temperature = models.FloatField()
+    power_draw = models.FloatField()
+    ecc_errors = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return f"{self.gpu_id} @ {self.time:%Y-%m-%d %H:%M:%S}"
+
+
+class HostSample(HostFigures):
+    """One heartbeat's host figures, kept raw for ``METRIC_RAW_RETENTION_HOURS``; ``time`` is
+    the agent's clock."""
 
     class Meta:
         verbose_name = _("host sample")
@@ -249,20 +278,9 @@ class HostSample(models.Model):
             models.UniqueConstraint(fields=["host", "time"], name="unique_host_sample"),
         ]
 
-    def __str__(self):
-        return f"{self.host_id} @ {self.time:%Y-%m-%d %H:%M:%S}"
 
-
-class GPUSample(models.Model):
+class GPUSample(GPUFigures):
     """One heartbeat's figures for one GPU."""
-
-    gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="+")
-    time = models.DateTimeField(db_index=True)
-    utilization = models.FloatField()
-    memory_used = models.BigIntegerField()
-    temperature = models.FloatField()
-    power_draw = models.FloatField()
-    ecc_errors = models.BigIntegerField(default=0)
 
     class Meta:
         verbose_name = _("GPU sample")
@@ -271,21 +289,9 @@ class GPUSample(models.Model):
             models.UniqueConstraint(fields=["gpu", "time"], name="unique_gpu_sample"),
         ]
 
-    def __str__(self):
-        return f"{self.gpu_id} @ {self.time:%Y-%m-%d %H:%M:%S}"
 
-
-class HostSampleRollup(models.Model):
-    """Host figures averaged over ``ROLLUP_STEP`` buckets, kept for weeks (raw samples are not)."""
-
-    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="+")
-    time = models.DateTimeField(db_index=True)
-    cpu_percent = models.FloatField()
-    memory_used = models.BigIntegerField()
-    memory_total = models.BigIntegerField()
-    disk_used = models.BigIntegerField()
-    disk_total = models.BigIntegerField()
-    load1 = models.FloatField(default=0)
+class HostSampleRollup(HostFigures):
+    """Host figures averaged over 5-minute buckets, kept for weeks (raw samples are not)."""
 
     class Meta:
         verbose_name = _("host sample rollup")
@@ -294,20 +300,9 @@ class HostSampleRollup(models.Model):
             models.UniqueConstraint(fields=["host", "time"], name="unique_host_rollup"),
         ]
 
-    def __str__(self):
-        return f"{self.host_id} @ {self.time:%Y-%m-%d %H:%M}"
 
-
-class GPUSampleRollup(models.Model):
-    """GPU figures averaged over ``ROLLUP_STEP`` buckets (ECC errors: the bucket's maximum)."""
-
-    gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="+")
-    time = models.DateTimeField(db_index=True)
-    utilization = models.FloatField()
-    memory_used = models.BigIntegerField()
-    temperature = models.FloatField()
-    power_draw = models.FloatField()
-    ecc_errors = models.BigIntegerField(default=0)
+class GPUSampleRollup(GPUFigures):
+    """GPU figures averaged over 5-minute buckets (ECC errors: the bucket's maximum)."""
 
     class Meta:
         verbose_name = _("GPU sample rollup")
@@ -315,9 +310,6 @@ class GPUSampleRollup(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["gpu", "time"], name="unique_gpu_rollup"),
         ]
-
-    def __str__(self):
-        return f"{self.gpu_id} @ {self.time:%Y-%m-%d %H:%M}"
 
 
 class AlertRule(TimeStampedModel):
