@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 from django.utils import timezone
 from remotegpu_agent import protocol
 
@@ -16,6 +18,9 @@ from .services.join import credential_authenticate
 from .services.realtime import CLOSE_CREDENTIAL_INVALID, agent_group
 
 logger = logging.getLogger(__name__)
+
+# How often a live connection re-joins its group and looks for commands whose push was lost.
+RESYNC_INTERVAL = float(getattr(settings, "AGENT_RESYNC_SECONDS", 60))
 
 
 def _bearer(scope) -> str:
@@ -49,6 +54,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.host = credential.host
         self.group = agent_group(self.host.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.resync_at = time.monotonic() + RESYNC_INTERVAL
         await self.accept()
         await database_sync_to_async(host_services.host_connected)(self.host, self.channel_name)
         await self._send(
@@ -102,6 +108,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def _on_heartbeat(self, message):
         heartbeat_time(message)  # refused here, not when it would fail everyone's batch
         batcher.add(self.host.pk, message, timezone.now())
+        if time.monotonic() >= self.resync_at:
+            await self._resync()
+
+    async def _resync(self):
+        """Repair what a Redis restart or a lost message can break while this socket stays up:
+        join the host's group again (idempotent), mark the host connected, and send commands
+        whose push never arrived. Once a minute per connection, not per heartbeat."""
+        self.resync_at = time.monotonic() + RESYNC_INTERVAL
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await database_sync_to_async(host_services.host_connected)(self.host, self.channel_name)
+        await self._send_commands(unsent_only=True)
 
     async def _on_inventory(self, message):
         await database_sync_to_async(host_services.host_apply_inventory)(self.host, message)
@@ -123,9 +140,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def _send(self, message):
         await self.send(text_data=protocol.dump(message))
 
-    async def _send_commands(self, command_id: str | None = None):
+    async def _send_commands(self, command_id: str | None = None, *, unsent_only: bool = False):
         commands = await database_sync_to_async(command_services.command_list_to_send)(
-            self.host.pk, command_id
+            self.host.pk, command_id, unsent_only=unsent_only
         )
         for command in commands:
             await self._send(

@@ -48,12 +48,16 @@ def command_create(
     return command
 
 
-def command_list_to_send(host_id: int, command_id: str | None = None) -> list[AgentCommand]:
-    """Open commands to (re)send to the agent, oldest first, marking them sent."""
+def command_list_to_send(
+    host_id: int, command_id: str | None = None, *, unsent_only: bool = False
+) -> list[AgentCommand]:
+    """Open commands to (re)send to the agent, oldest first, marking them sent.
+
+    ``unsent_only``: just the ones never sent (their push was lost, e.g. while Redis
+    restarted); the periodic resync of a live connection asks for those."""
     now = timezone.now()
-    queryset = AgentCommand.objects.filter(
-        host_id=host_id, status__in=OPEN_COMMAND_STATES, deadline__gt=now
-    )
+    states = [CommandStatus.PENDING] if unsent_only else OPEN_COMMAND_STATES
+    queryset = AgentCommand.objects.filter(host_id=host_id, status__in=states, deadline__gt=now)
     if command_id is not None:
         queryset = queryset.filter(pk=command_id)
     commands = list(queryset.order_by("created_at"))

@@ -406,7 +406,7 @@ def test_operators_are_notified_once_per_host_through_the_offline_alert(db):
     operators = [OperatorFactory(), OperatorFactory()]
     OperatorFactory(is_active=False)
     customer = UserFactory()
-    host = HostFactory(name="gpu-lost-01", last_seen_at=now - timedelta(minutes=5))
+    HostFactory(name="gpu-lost-01", last_seen_at=now - timedelta(minutes=5))
 
     assert host_detect_offline_task() == 1
     assert host_detect_offline_task() == 0

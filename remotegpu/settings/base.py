@@ -175,7 +175,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env("MEDIA_ROOT", str(BASE_DIR / "media")))
@@ -290,6 +290,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60,
     },
 }
+# A live agent connection re-joins its channel group and sends commands whose push was lost
+# (a Redis restart) this often.
+AGENT_RESYNC_SECONDS = int(env("AGENT_RESYNC_SECONDS", "60"))
 # Raw heartbeat samples are kept this long; 5-minute rollups of them much longer.
 METRIC_RAW_RETENTION_HOURS = int(env("METRIC_RAW_RETENTION_HOURS", "48"))
 METRIC_ROLLUP_RETENTION_DAYS = int(env("METRIC_ROLLUP_RETENTION_DAYS", "35"))
