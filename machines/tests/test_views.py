@@ -172,6 +172,31 @@ def test_fleet_overview_shows_real_figures(operator_client):
     assert "machines/charts.js" in html
 
 
+@pytest.mark.parametrize(
+    ("which", "query", "expected"),
+    [
+        pytest.param("fleet", "", 15, id="fleet-default"),
+        pytest.param("host", "", 30, id="host-heartbeat-interval"),
+        pytest.param("host", "?refresh=1", 1, id="asked"),
+        pytest.param("fleet", "?refresh=0", 1, id="at-least-1"),
+        pytest.param("host", "?refresh=100000", 300, id="at-most-300"),
+        pytest.param("host", "?refresh=soon", 30, id="not-a-number"),
+    ],
+)
+def test_charts_refresh_as_often_as_asked_within_bounds(operator_client, which, query, expected):
+    """The charts refresh as often as the host reports (the fleet: every 15 s), or as the
+    ``refresh`` parameter asks, within bounds."""
+    host = HostFactory(heartbeat_interval=30)
+    url = (
+        reverse("machines:fleet_overview")
+        if which == "fleet"
+        else reverse("machines:host_detail", args=[host.pk])
+    )
+    response = operator_client.get(url + query)
+    assert response.status_code == 200
+    assert f'data-refresh-seconds="{expected}"' in response.content.decode()
+
+
 # Host list ---------------------------------------------------------------------------------
 
 
