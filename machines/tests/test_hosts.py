@@ -400,7 +400,20 @@ def test_hosts_go_offline_after_three_of_their_own_intervals(db):
 
 
 def test_operators_are_notified_once_per_host_through_the_offline_alert(db):
+    from machines.models import AlertRule
     from machines.tasks import host_detect_offline_task
+
+    # The default rule comes from a data migration; a transactional test earlier in the same
+    # run may have flushed it, so it is made sure of here.
+    AlertRule.objects.get_or_create(
+        name="Host offline",
+        defaults={
+            "metric": "host_offline",
+            "comparison": "gt",
+            "threshold": 0,
+            "severity": "critical",
+        },
+    )
 
     now = timezone.now()
     operators = [OperatorFactory(), OperatorFactory()]
