@@ -78,7 +78,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         if self.host is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
-            await database_sync_to_async(host_services.host_disconnected)(self.host.pk)
+            await database_sync_to_async(host_services.host_disconnected)(
+                self.host.pk, self.channel_name
+            )
 
     async def receive(self, text_data=None, bytes_data=None):
         raw = text_data if text_data is not None else bytes_data

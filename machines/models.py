@@ -84,6 +84,9 @@ class Host(TimeStampedModel):
     gpu_backend = models.CharField(_("GPU back end"), max_length=20, blank=True)
     containers = models.JSONField(_("managed containers"), default=list, blank=True)
     connected = models.BooleanField(_("agent connected"), default=False)
+    # The channel of the agent's newest socket: an older socket closing late must not mark a
+    # reconnected host disconnected.
+    agent_connection = models.CharField(max_length=200, blank=True, editable=False)
     last_seen_at = models.DateTimeField(_("last seen"), null=True, blank=True, db_index=True)
     # The latest heartbeat, for list pages that must not touch the metrics tables.
     cpu_percent = models.FloatField(_("CPU %"), null=True, blank=True)

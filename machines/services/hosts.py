@@ -73,18 +73,24 @@ def _operator_required(user: User) -> None:
 
 
 def host_connected(host: Host, connection: str) -> None:
-    """The agent's socket is up: online again unless an operator state holds."""
+    """The agent's socket ``connection`` is up: online again unless an operator state holds."""
     now = timezone.now()
-    Host.objects.filter(pk=host.pk).update(connected=True, last_seen_at=now)
+    Host.objects.filter(pk=host.pk).update(
+        connected=True, agent_connection=connection, last_seen_at=now
+    )
     Host.objects.filter(pk=host.pk, status__in=[HostStatus.PENDING, HostStatus.OFFLINE]).update(
         status=HostStatus.ONLINE, status_reason="", status_changed_at=now
     )
 
 
-def host_disconnected(host_id: int) -> None:
-    """The socket closed. The host stays online until heartbeats are missed (a reconnect is
-    usually seconds away); offline detection decides."""
-    Host.objects.filter(pk=host_id).update(connected=False)
+def host_disconnected(host_id: int, connection: str = "") -> None:
+    """The socket ``connection`` closed. The host stays online until heartbeats are missed (a
+    reconnect is usually seconds away); offline detection decides. When the agent already has
+    a newer socket, the old one's late goodbye changes nothing."""
+    queryset = Host.objects.filter(pk=host_id)
+    if connection:
+        queryset = queryset.filter(agent_connection=connection)
+    queryset.update(connected=False)
 
 
 # What the columns hold (PositiveIntegerField, PositiveSmallIntegerField); the protocol already

@@ -438,3 +438,15 @@ def test_nothing_stale_nothing_written(db, django_assert_num_queries):
     HostFactory(last_seen_at=timezone.now())
     with django_assert_num_queries(1):
         assert host_mark_offline_stale() == []
+
+
+def test_an_old_socket_closing_late_leaves_the_new_one_connected(db):
+    host = HostFactory(status=HostStatus.ONLINE)
+    host_connected(host, "first")
+    host_connected(host, "second")  # the agent reconnected before the first socket closed
+    host_disconnected(host.pk, "first")
+    host.refresh_from_db()
+    assert host.connected
+    host_disconnected(host.pk, "second")
+    host.refresh_from_db()
+    assert not host.connected
