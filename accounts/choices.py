@@ -67,3 +67,8 @@ class AuditAction(models.TextChoices):
     ALERT_RULE_UPDATED = "alert_rule.updated", _("Alert rule updated")
     ALERT_RULE_DELETED = "alert_rule.deleted", _("Alert rule deleted")
     ALERT_ACKNOWLEDGED = "alert.acknowledged", _("Alert acknowledged")
+    ONBOARDING_STARTED = "onboarding.started", _("Onboarding over SSH started")
+    ONBOARDING_HOST_KEY_CONFIRMED = "onboarding.host_key_confirmed", _("Host key confirmed")
+    ONBOARDING_CANCELLED = "onboarding.cancelled", _("Onboarding cancelled")
+    ONBOARDING_SUCCEEDED = "onboarding.succeeded", _("Onboarding succeeded")
+    ONBOARDING_FAILED = "onboarding.failed", _("Onboarding failed")

@@ -37,7 +37,9 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from accounts.choices import AuditAction
 from accounts.models import User
+from accounts.services.audit import audit_record
 from remotegpu.core.errors import ApplicationError, Conflict, PermissionDenied, ValidationError
 
 from ..choices import HostStatus, OnboardingAuth, OnboardingStatus
@@ -499,6 +501,12 @@ def onboarding_create(
         labels=labels,
         created_by=operator,
     )
+    audit_record(
+        AuditAction.ONBOARDING_STARTED,
+        actor=operator,
+        target=job,
+        details={"address": address, "port": port, "username": username},
+    )
     from ..tasks import onboarding_scan_task
 
     transaction.on_commit(lambda: onboarding_scan_task.delay(job.pk))
@@ -553,6 +561,12 @@ def onboarding_confirm(
             _("The host key changed since the page was shown: reload it and check again."),
         )
     _transition(job.pk, S.AWAITING_CONFIRMATION, S.RUNNING, host_key_confirmed=True)
+    audit_record(
+        AuditAction.ONBOARDING_HOST_KEY_CONFIRMED,
+        actor=operator,
+        target=job,
+        details={"fingerprint": job.host_key_fingerprint},
+    )
     from ..tasks import onboarding_run_task
 
     transaction.on_commit(lambda: onboarding_run_task.delay(job.pk, server_url))
@@ -567,6 +581,7 @@ def onboarding_cancel(*, operator: User, job: OnboardingJob) -> OnboardingJob:
     for source in (S.PENDING, S.AWAITING_CONFIRMATION):
         if _transition(job.pk, source, S.CANCELLED, error=_("Cancelled by an operator.")):
             job.refresh_from_db()
+            audit_record(AuditAction.ONBOARDING_CANCELLED, actor=operator, target=job)
             return job
     raise Conflict(_("Only an onboarding that has not started running can be cancelled."))
 
@@ -591,15 +606,22 @@ def onboarding_run(job_id: int, server_url: str) -> str:
         return _run_failed(run, _("unexpected error (%(error)s)") % {"error": type(exc).__name__})
     finally:
         run.close()
-    _transition(job.pk, S.RUNNING, S.SUCCEEDED, error="")
+    if _transition(job.pk, S.RUNNING, S.SUCCEEDED, error=""):
+        _audit_outcome(job, AuditAction.ONBOARDING_SUCCEEDED)
     return S.SUCCEEDED
+
+
+def _audit_outcome(job: OnboardingJob, action: str, **details) -> None:
+    """The run happens in a worker, on behalf of the operator who started it."""
+    audit_record(action, actor=job.created_by, target=job, details=details)
 
 
 def _run_failed(run: _Run, reason: str) -> str:
     current = run.progress.current
     name = current["name"] if current else CONNECT
     run.progress.finish(STEP_FAILED)
-    _transition(run.job.pk, S.RUNNING, S.FAILED, step=name, error=step_error(name, reason))
+    if _transition(run.job.pk, S.RUNNING, S.FAILED, step=name, error=step_error(name, reason)):
+        _audit_outcome(run.job, AuditAction.ONBOARDING_FAILED, step=name, reason=str(reason)[:500])
     return S.FAILED
 
 

@@ -734,3 +734,27 @@ def test_the_socket_route_takes_the_operators_session_from_an_allowed_origin(cli
     assert 'data-testid="onboarding-progress"' in message["html"]
     connected, _ = async_to_sync(connect)(b"http://evil.example")
     assert not connected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_turn_of_an_onboarding_is_audited(ssh_server):
+    from accounts.choices import AuditAction
+    from accounts.models import AuditEvent
+
+    ssh_server.password = "the real password"
+    job = _create(ssh_server)
+    job.refresh_from_db()
+    job = _confirm_and_run(job)
+    assert job.status == S.FAILED
+    events = {
+        event.action: event
+        for event in AuditEvent.objects.filter(target_type="onboardingjob", target_id=str(job.pk))
+    }
+    assert set(events) == {
+        AuditAction.ONBOARDING_STARTED,
+        AuditAction.ONBOARDING_HOST_KEY_CONFIRMED,
+        AuditAction.ONBOARDING_FAILED,
+    }
+    assert events[AuditAction.ONBOARDING_FAILED].details["step"] == "connect"
+    assert events[AuditAction.ONBOARDING_FAILED].actor_id == job.created_by_id
+    assert "the real password" not in str([event.details for event in events.values()])
