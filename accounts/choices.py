@@ -72,3 +72,5 @@ class AuditAction(models.TextChoices):
     ONBOARDING_CANCELLED = "onboarding.cancelled", _("Onboarding cancelled")
     ONBOARDING_SUCCEEDED = "onboarding.succeeded", _("Onboarding succeeded")
     ONBOARDING_FAILED = "onboarding.failed", _("Onboarding failed")
+    REGION_CREATED = "region.created", _("Region created")
+    REGION_UPDATED = "region.updated", _("Region updated")

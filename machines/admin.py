@@ -26,6 +26,7 @@ from .models import (
 from .services.commands import command_create
 from .services.hosts import host_set_labels, host_set_status, labels_validate
 from .services.join import credential_revoke, join_token_revoke
+from .services.regions import region_save
 
 
 @admin.register(Region)
@@ -34,6 +35,9 @@ class RegionAdmin(admin.ModelAdmin):
     list_filter = ["created_at"]
     search_fields = ["name", "slug", "location"]
     prepopulated_fields = {"slug": ["name"]}
+
+    def save_model(self, request, obj, form, change):
+        region_save(operator=request.user, region=obj)
 
 
 class GPUInline(admin.TabularInline):

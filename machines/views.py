@@ -39,6 +39,7 @@ from .services import commands as command_services
 from .services import hosts as host_services
 from .services import imports as import_services
 from .services import join as join_services
+from .services.regions import region_save
 
 PAGE_SIZE = 50
 RECENT_COMMANDS = 10
@@ -347,7 +348,7 @@ def join_token_revoke(request, pk):
 def region_list(request):
     form = RegionForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        region = form.save()
+        region = region_save(operator=request.user, region=form.save(commit=False))
         messages.success(request, _("Region %(name)s created.") % {"name": region.name})
         return redirect("machines:region_list")
     return render(

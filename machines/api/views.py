@@ -24,6 +24,7 @@ from ..services import commands as command_services
 from ..services import hosts as host_services
 from ..services import imports as import_services
 from ..services import join as join_services
+from ..services.regions import region_save
 from . import serializers
 from .parsers import CSVParser
 
@@ -89,12 +90,17 @@ class RegionViewSet(
     def scoped_queryset(self):
         return selectors.region_list()
 
-    # Answer with the region as a read shows it (with its host count).
+    # The service saves (and audits); the answer is the region as a read shows it.
     def perform_create(self, serializer):
-        serializer.instance = self.get_queryset().get(pk=serializer.save().pk)
+        region = region_save(operator=self.request.user, region=Region(**serializer.validated_data))
+        serializer.instance = self.get_queryset().get(pk=region.pk)
 
     def perform_update(self, serializer):
-        serializer.instance = self.get_queryset().get(pk=serializer.save().pk)
+        region = serializer.instance
+        for field, value in serializer.validated_data.items():
+            setattr(region, field, value)
+        region_save(operator=self.request.user, region=region)
+        serializer.instance = self.get_queryset().get(pk=region.pk)
 
 
 class OperatorMixin:

@@ -1,0 +1,41 @@
+"""Regions: where hosts are. Operators create and edit them; every change is audited."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils.translation import gettext as _
+
+from accounts.choices import AuditAction
+from accounts.models import User
+from accounts.services.audit import audit_record
+from remotegpu.core.errors import PermissionDenied
+
+from ..models import Region
+
+EDITABLE_FIELDS = ("name", "slug", "location", "description")
+
+
+@transaction.atomic
+def region_save(*, operator: User, region: Region) -> Region:
+    """Create or update ``region`` (already validated by its form or serializer)."""
+    if not operator.is_staff:
+        raise PermissionDenied(_("Only operators can do this."))
+    created = region.pk is None
+    before = {}
+    if not created:
+        stored = Region.objects.get(pk=region.pk)
+        before = {field: getattr(stored, field) for field in EDITABLE_FIELDS}
+    region.save()
+    after = {field: getattr(region, field) for field in EDITABLE_FIELDS}
+    changes = {
+        field: [before.get(field), value]
+        for field, value in after.items()
+        if before.get(field) != value
+    }
+    audit_record(
+        AuditAction.REGION_CREATED if created else AuditAction.REGION_UPDATED,
+        actor=operator,
+        target=region,
+        details={"changes": changes},
+    )
+    return region
