@@ -10,6 +10,7 @@ from remotegpu.core.errors import NotFound, PermissionDenied, ValidationError
 from ..choices import MANAGER_ROLES, AuditAction, Role
 from ..models import Membership, Organization, User
 from .audit import audit_record
+from .users import user_require_operator
 
 RESERVED_SLUGS = frozenset({"new", "admin", "api", "static", "media", "settings"})
 
@@ -201,15 +202,10 @@ def membership_add(
     return membership
 
 
-def _operator_required(operator: User) -> None:
-    if not operator.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
-
-
 @transaction.atomic
 def organization_set_active(*, operator: User, organization: Organization, active: bool) -> None:
     """Operators disable an organisation (members lose access at once) or enable it again."""
-    _operator_required(operator)
+    user_require_operator(operator)
     # Read the flag under a row lock: the caller's object may be stale.
     current = (
         Organization.objects.select_for_update()

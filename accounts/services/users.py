@@ -12,6 +12,12 @@ from ..models import User
 from .audit import audit_record
 
 
+def user_require_operator(user: User) -> None:
+    """Operators are staff users; anyone else is refused with one clear message."""
+    if not user.is_staff:
+        raise PermissionDenied(_("Only operators can do this."))
+
+
 def user_end_sessions(user: User) -> int:
     """Delete every live session of ``user``. Sessions are signed blobs, so each is decoded."""
     ended = 0
@@ -25,8 +31,7 @@ def user_end_sessions(user: User) -> int:
 @transaction.atomic
 def user_set_active(*, operator: User, user: User, active: bool) -> None:
     """Disable a user (no sign-in, sessions ended, tokens refused at once) or enable them again."""
-    if not operator.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
+    user_require_operator(operator)
     if operator.pk == user.pk and not active:
         raise PermissionDenied(_("You cannot disable yourself."))
     # Read the flag under a row lock: the caller's object may be stale.

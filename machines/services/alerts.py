@@ -52,7 +52,8 @@ from accounts.choices import AuditAction, NotificationLevel
 from accounts.models import User
 from accounts.services.audit import audit_record
 from accounts.services.notifications import notification_create
-from remotegpu.core.errors import Conflict, PermissionDenied, ValidationError
+from accounts.services.users import user_require_operator
+from remotegpu.core.errors import Conflict, ValidationError
 
 from ..choices import (
     GPU_METRICS,
@@ -99,11 +100,6 @@ SEVERITY_LEVELS = {
     Severity.WARNING: NotificationLevel.WARNING,
     Severity.CRITICAL: NotificationLevel.ERROR,
 }
-
-
-def _operator_required(user: User) -> None:
-    if not user.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
 
 
 # Values ------------------------------------------------------------------------------------
@@ -522,7 +518,7 @@ def alert_webhook_deliver(rule_id: int, payload: dict) -> int | None:
 
 def alert_acknowledge(*, operator: User, alert: Alert) -> Alert:
     """Someone is on it: a firing alert stops nagging until it resolves."""
-    _operator_required(operator)
+    user_require_operator(operator)
     now = timezone.now()
     with transaction.atomic():
         won = Alert.objects.filter(pk=alert.pk, status=AlertStatus.FIRING).update(
@@ -635,7 +631,7 @@ def _audit_fields(rule: AlertRule) -> dict[str, Any]:
 @transaction.atomic
 def alert_rule_create(*, operator: User, **fields) -> AlertRule:
     """A new rule; every field is checked, errors come back by field."""
-    _operator_required(operator)
+    user_require_operator(operator)
     unknown = set(fields) - set(RULE_FIELDS)
     if unknown:
         raise TypeError(f"unknown alert rule fields: {sorted(unknown)}")
@@ -652,7 +648,7 @@ def alert_rule_update(*, operator: User, rule: AlertRule, **changes) -> AlertRul
 
     When the metric changes, or the rule is disabled, its open alerts are closed without
     notifications: they no longer describe what the rule watches."""
-    _operator_required(operator)
+    user_require_operator(operator)
     unknown = set(changes) - set(RULE_FIELDS)
     if unknown:
         raise TypeError(f"unknown alert rule fields: {sorted(unknown)}")
@@ -685,7 +681,7 @@ def alert_rule_set_enabled(*, operator: User, rule: AlertRule, enabled: bool) ->
 @transaction.atomic
 def alert_rule_delete(*, operator: User, rule: AlertRule) -> None:
     """Delete a rule and its alerts (disable it instead to keep their history)."""
-    _operator_required(operator)
+    user_require_operator(operator)
     audit_record(AUDIT_RULE_DELETED, actor=operator, target=rule, details=_audit_fields(rule))
     rule.delete()
 

@@ -15,7 +15,8 @@ from remotegpu_agent import protocol
 from accounts.choices import AuditAction
 from accounts.models import User
 from accounts.services.audit import audit_record
-from remotegpu.core.errors import PermissionDenied, ValidationError
+from accounts.services.users import user_require_operator
+from remotegpu.core.errors import ValidationError
 
 from ..choices import OPERATOR_STATES, GPUHealth, HostStatus
 from ..models import GPU, Host
@@ -62,11 +63,6 @@ def labels_validate(labels) -> dict[str, str]:
     ):
         raise ValidationError.for_field("labels", _("Labels must be an object of strings."))
     return dict(_label(key, value, f"{key}={value}") for key, value in labels.items())
-
-
-def _operator_required(user: User) -> None:
-    if not user.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
 
 
 # Agent connection --------------------------------------------------------------------------
@@ -184,7 +180,7 @@ _ALLOWED = {
 def host_set_status(*, operator: User, host: Host, status: str, reason: str = "") -> Host:
     """Maintenance, draining and retired stop new placements without touching what runs;
     ``online`` returns a host to service (it goes offline by itself if its agent is gone)."""
-    _operator_required(operator)
+    user_require_operator(operator)
     host = Host.objects.select_for_update().get(pk=host.pk)
     before = host.status
     if status == HostStatus.ONLINE:
@@ -220,7 +216,7 @@ def host_set_status(*, operator: User, host: Host, status: str, reason: str = ""
 
 @transaction.atomic
 def host_set_labels(*, operator: User, host: Host, labels) -> Host:
-    _operator_required(operator)
+    user_require_operator(operator)
     labels = labels_parse(labels) if isinstance(labels, str) else labels_validate(labels)
     before = host.labels
     host.labels = labels

@@ -18,7 +18,8 @@ from django.utils.translation import ngettext
 from accounts.choices import AuditAction
 from accounts.models import User
 from accounts.services.audit import audit_record
-from remotegpu.core.errors import PermissionDenied, ValidationError
+from accounts.services.users import user_require_operator
+from remotegpu.core.errors import ValidationError
 
 from ..choices import HostStatus
 from ..models import Host, JoinToken, Region
@@ -299,8 +300,7 @@ def hosts_import_csv(operator: User, file_text: bytes | str) -> ImportResult:
     """Create a pending host for each row of a ``name,address,region,labels`` CSV file, each
     with its own single-use join token bound to it (``host_join`` attaches the agent that uses
     it to the host). All or nothing: any invalid row, and every error is reported by line."""
-    if not operator.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
+    user_require_operator(operator)
     header, records = _records(_text(file_text))
     rows = _validate(header, records)
     try:

@@ -13,8 +13,9 @@ from django.utils.translation import gettext as _
 from accounts.choices import AuditAction
 from accounts.models import User
 from accounts.services.audit import audit_record
+from accounts.services.users import user_require_operator
 from remotegpu.core import secrets
-from remotegpu.core.errors import PermissionDenied, ValidationError
+from remotegpu.core.errors import ValidationError
 
 from ..choices import HostStatus
 from ..models import Host, HostCredential, JoinToken, Region
@@ -31,11 +32,6 @@ IMPORTED_HOST_TOKEN_PREFIX = "import "  # noqa: S105  (a name, not a secret)
 def imported_host_token_name(host_name: str) -> str:
     """The name of the join token that lets the agent of the pending host ``host_name`` join."""
     return f"{IMPORTED_HOST_TOKEN_PREFIX}{host_name}"
-
-
-def _operator_required(user: User) -> None:
-    if not user.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
 
 
 @dataclass(frozen=True)
@@ -55,7 +51,7 @@ def join_token_create(
     max_uses: int = 1,
 ) -> IssuedJoinToken:
     """Mint a join token; its plaintext is returned once."""
-    _operator_required(operator)
+    user_require_operator(operator)
     name = name.strip()
     if not name:
         raise ValidationError.for_field("name", _("A name is required."))
@@ -89,7 +85,7 @@ def join_token_create(
 
 @transaction.atomic
 def join_token_revoke(*, operator: User, join_token: JoinToken) -> None:
-    _operator_required(operator)
+    user_require_operator(operator)
     if join_token.revoked_at is None:
         join_token.revoked_at = timezone.now()
         join_token.save(update_fields=["revoked_at", "updated_at"])
@@ -218,7 +214,7 @@ def _revoke_all(host: Host) -> int:
 @transaction.atomic
 def credential_revoke(*, operator: User, host: Host) -> int:
     """Revoke every credential of ``host``; its agent's socket is closed at once."""
-    _operator_required(operator)
+    user_require_operator(operator)
     count = _revoke_all(host)
     disconnect_agent(host.pk)
     audit_record(AuditAction.HOST_CREDENTIAL_REVOKED, actor=operator, target=host)
@@ -231,7 +227,7 @@ def credential_rotate(*, operator: User, host: Host) -> str:
 
     The agent must be given the new credential (``remotegpu-agent`` config) by the operator.
     """
-    _operator_required(operator)
+    user_require_operator(operator)
     _revoke_all(host)
     plaintext = _issue_credential(host, None)
     disconnect_agent(host.pk)

@@ -40,7 +40,8 @@ from django.utils.translation import gettext_lazy
 from accounts.choices import AuditAction
 from accounts.models import User
 from accounts.services.audit import audit_record
-from remotegpu.core.errors import ApplicationError, Conflict, PermissionDenied, ValidationError
+from accounts.services.users import user_require_operator
+from remotegpu.core.errors import ApplicationError, Conflict, ValidationError
 
 from ..choices import HostStatus, OnboardingAuth, OnboardingStatus
 from ..models import Host, OnboardingJob, Region
@@ -107,11 +108,6 @@ STEP_LABELS = {
     VERIFY: gettext_lazy("Verify"),
 }
 STEP_RUNNING, STEP_SUCCEEDED, STEP_FAILED = "running", "succeeded", "failed"
-
-
-def _operator_required(user: User) -> None:
-    if not user.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
 
 
 # The secret --------------------------------------------------------------------------------
@@ -467,7 +463,7 @@ def onboarding_create(
 ) -> OnboardingJob:
     """Start onboarding a server: its host key is read next (nothing authenticates yet) for
     an operator to confirm. Give a password or a private key, not both."""
-    _operator_required(operator)
+    user_require_operator(operator)
     name, address, username = name.strip(), address.strip(), username.strip()
     errors: dict[str, list[str]] = {}
     if not name:
@@ -550,7 +546,7 @@ def onboarding_confirm(
 ) -> OnboardingJob:
     """The operator confirms the host key shown (``fingerprint``): the run starts, and the
     agent will reach this server at ``server_url``."""
-    _operator_required(operator)
+    user_require_operator(operator)
     server_url = _clean_server_url(server_url)
     job = OnboardingJob.objects.select_for_update().get(pk=job.pk)
     if job.status != S.AWAITING_CONFIRMATION:
@@ -577,7 +573,7 @@ def onboarding_confirm(
 @transaction.atomic
 def onboarding_cancel(*, operator: User, job: OnboardingJob) -> OnboardingJob:
     """Cancel before the run starts (a running job finishes or fails on its own)."""
-    _operator_required(operator)
+    user_require_operator(operator)
     for source in (S.PENDING, S.AWAITING_CONFIRMATION):
         if _transition(job.pk, source, S.CANCELLED, error=_("Cancelled by an operator.")):
             job.refresh_from_db()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from django.db import transaction
-from django.utils.translation import gettext as _
 
 from accounts.choices import AuditAction
 from accounts.models import User
 from accounts.services.audit import audit_record
-from remotegpu.core.errors import PermissionDenied
+from accounts.services.users import user_require_operator
 
 from ..models import Region
 
@@ -18,8 +17,7 @@ EDITABLE_FIELDS = ("name", "slug", "location", "description")
 @transaction.atomic
 def region_save(*, operator: User, region: Region) -> Region:
     """Create or update ``region`` (already validated by its form or serializer)."""
-    if not operator.is_staff:
-        raise PermissionDenied(_("Only operators can do this."))
+    user_require_operator(operator)
     created = region.pk is None
     before = {}
     if not created:
