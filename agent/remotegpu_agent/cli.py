@@ -1,4 +1,4 @@
-"""``remotegpu-agent``: join a control plane, run, say how it is going.
+"""``remotegpu-agent``: join a control plane, run, say how it is going, show the GPUs.
 
 Exit statuses: 0 fine; 1 ``status`` found the agent not running or not connected; 2 bad input,
 a refused join or an unreadable state folder; 3 the server refused the host's credential.
@@ -26,9 +26,9 @@ import psutil
 
 from . import __version__
 from .client import EXIT_CONFIG, Agent
-from .gpu import BACKENDS, get_backend
+from .gpu import BACKENDS, GPUBackend, get_backend
 from .host import host_facts
-from .protocol import VERSION
+from .protocol import MAX_HEARTBEAT_INTERVAL, VERSION
 from .state import AgentConfig, AgentStatus, StateDir, StateError, parse_iso
 
 JOIN_PATH = "/api/v1/agent/join/"
@@ -134,6 +134,14 @@ def _configure_logging(level: str, log_file: Path | None) -> None:
     )
 
 
+def _backend(args: argparse.Namespace) -> GPUBackend:
+    options = {}
+    if args.gpu_backend == "fake":
+        options = {"count": args.fake_gpus, "model": args.fake_model}
+        options["control_file"] = args.fake_control
+    return get_backend(args.gpu_backend, **options)
+
+
 def command_run(args: argparse.Namespace) -> int:
     log_file = Path(args.log_file) if args.log_file else None
     _configure_logging(args.log_level, log_file)
@@ -143,11 +151,7 @@ def command_run(args: argparse.Namespace) -> int:
         lock = state.lock()
     except StateError as exc:
         return _fail(str(exc))
-    options = {}
-    if args.gpu_backend == "fake":
-        options = {"count": args.fake_gpus, "model": args.fake_model}
-        options["control_file"] = args.fake_control
-    backend = get_backend(args.gpu_backend, **options)
+    backend = _backend(args)
     agent = Agent(
         config,
         state,
@@ -283,7 +287,74 @@ def command_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+# gpus ---------------------------------------------------------------------------------------
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f} GiB"
+
+
+def command_gpus(args: argparse.Namespace) -> int:
+    """What the GPU back end sees on this host now: the check to run before ``join``."""
+    logging.basicConfig(level=logging.WARNING, format="remotegpu-agent: %(message)s")
+    backend = _backend(args)
+    try:
+        inventory, samples = backend.inventory(), backend.sample()
+    finally:
+        backend.close()
+    figures = {sample.uuid: sample for sample in samples}
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "backend": backend.name,
+                    "gpus": [
+                        {**asdict(gpu), "sample": asdict(figures[gpu.uuid])}
+                        if gpu.uuid in figures
+                        else asdict(gpu)
+                        for gpu in inventory
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if not inventory:
+        print(f"no GPUs found by the {backend.name} back end")
+        return 0
+    print(f"{len(inventory)} GPU(s) found by the {backend.name} back end")
+    for gpu in inventory:
+        print(f"[{gpu.index}] {gpu.name}  {gpu.uuid}")
+        print(
+            f"    memory {_gib(gpu.memory_total)}, driver {gpu.driver_version or '-'}, "
+            f"CUDA {gpu.cuda_version or '-'}, compute capability {gpu.compute_capability or '-'}"
+        )
+        sample = figures.get(gpu.uuid)
+        if sample is None:
+            print("    no figures: the GPU did not answer")
+            continue
+        print(
+            f"    utilisation {sample.utilization:.0f} %, memory used "
+            f"{_gib(sample.memory_used)}, {sample.temperature:.0f} °C, power "
+            f"{sample.power_draw:.0f} / {sample.power_limit:.0f} W, ECC errors "
+            f"{sample.ecc_errors}, processes {sample.processes}"
+        )
+    return 0
+
+
 # version and the parser ---------------------------------------------------------------------
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_HEARTBEAT_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds above 0 and at most {MAX_HEARTBEAT_INTERVAL}, got {text!r}"
+        )
+    return value
 
 
 def command_version(args: argparse.Namespace) -> int:
@@ -312,24 +383,31 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--name", help="the host's name (default: the hostname)")
     join.set_defaults(handler=command_join)
 
-    run = commands.add_parser("run", parents=[common], help="connect and report until stopped")
-    run.add_argument(
+    gpu_options = argparse.ArgumentParser(add_help=False)
+    gpu_options.add_argument(
         "--gpu-backend",
         choices=BACKENDS,
         default=os.environ.get("REMOTEGPU_AGENT_GPU_BACKEND", "auto"),
         help="where GPU figures come from: nvml (real GPUs; auto is the same) or fake",
     )
-    run.add_argument("--fake-gpus", type=int, default=2, help="how many fake GPUs")
-    run.add_argument("--fake-model", default="NVIDIA A100-SXM4-80GB", help="fake GPUs' model")
-    run.add_argument(
+    gpu_options.add_argument("--fake-gpus", type=int, default=2, help="how many fake GPUs")
+    gpu_options.add_argument(
+        "--fake-model", default="NVIDIA A100-SXM4-80GB", help="fake GPUs' model"
+    )
+    gpu_options.add_argument(
         "--fake-control",
         default=os.environ.get("REMOTEGPU_AGENT_FAKE_CONTROL"),
         help="JSON file steering the fake GPUs, re-read on every sample",
     )
+
+    run = commands.add_parser(
+        "run", parents=[common, gpu_options], help="connect and report until stopped"
+    )
     run.add_argument(
         "--heartbeat-interval",
-        type=float,
-        help="seconds between heartbeats, overriding the server's (for tests)",
+        type=_interval,
+        help="seconds between heartbeats, overriding the server's; the agent tells the server, "
+        "which judges the host offline after three of them without a heartbeat",
     )
     run.add_argument("--disk-path", default="/", help="the file system whose size is reported")
     run.add_argument(
@@ -345,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=command_status)
+
+    gpus = commands.add_parser(
+        "gpus", parents=[gpu_options], help="show the GPUs the agent sees on this host, now"
+    )
+    gpus.add_argument("--json", action="store_true", help="machine-readable output")
+    gpus.set_defaults(handler=command_gpus)
 
     version = commands.add_parser("version", help="print the agent's version")
     version.set_defaults(handler=command_version)

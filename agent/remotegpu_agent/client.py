@@ -295,9 +295,11 @@ class Agent:
 
     # Reports ---------------------------------------------------------------------------------
 
-    def _collect(self) -> tuple[Inventory, Heartbeat]:
-        """Inventory and heartbeat from the same moment (run in a worker thread)."""
+    def _collect(self, interval: float) -> tuple[Inventory, Heartbeat]:
+        """Inventory and heartbeat from the same moment (run in a worker thread). The inventory
+        says how often heartbeats come, so the server judges silence by this agent's pace."""
         facts = host.host_facts(self.disk_path, self.backend.name)
+        facts.heartbeat_interval = float(interval)
         inventory = Inventory(facts=facts, gpus=self.backend.inventory())
         figures = host.host_sample(self.disk_path)
         heartbeat = Heartbeat(time=time.time(), gpus=self.backend.sample(), **asdict(figures))
@@ -315,7 +317,7 @@ class Agent:
         next_at = loop.time()
         while True:
             try:
-                inventory, heartbeat = await asyncio.to_thread(self._collect)
+                inventory, heartbeat = await asyncio.to_thread(self._collect, interval)
             except Exception as exc:  # a broken sensor must not end the session: try next tick
                 logger.exception("cannot read the host's figures")
                 self._set_status(last_error=f"cannot read the host's figures: {exc}")

@@ -14,6 +14,7 @@ import random
 import re
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from .protocol import GPUInfo, GPUSample
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
+INIT_RETRY_SECONDS = 60.0
 
 
 class GPUBackend:
@@ -59,28 +61,65 @@ class NvmlBackend(GPUBackend):
 
     name = "nvml"
 
-    def __init__(self) -> None:
+    def __init__(self, retry_seconds: float = INIT_RETRY_SECONDS) -> None:
         import pynvml
 
         self._nvml = pynvml
-        self._state = "new"  # new -> ready | unavailable -> closed
+        # pynvml raises this plain Exception when it wants a function the driver lacks.
+        self._mismatch = getattr(pynvml, "NVMLLibraryMismatchError", pynvml.NVMLError)
+        self._errors = (pynvml.NVMLError, self._mismatch)
+        self._state = "new"  # new -> ready | unavailable (retried) -> closed
+        self._retry_seconds = retry_seconds
+        self._retry_at = 0.0
+        self._problems: set[tuple[str, str]] = set()  # optional figures' failures, logged once
+        self._process_calls: dict[str, list[str]] = {}  # per kind, the call names still tried
 
     def _ready(self) -> bool:
-        if self._state == "new":
-            try:
-                self._nvml.nvmlInit()
-            except (self._nvml.NVMLError, OSError) as exc:
-                logger.warning("NVML is not available (%s): reporting no GPUs", exc)
-                self._state = "unavailable"
-            else:
-                self._state = "ready"
+        """Initialise NVML, and again every ``retry_seconds`` while it fails: an agent that
+        starts before the driver module loads, or during a driver upgrade, finds the GPUs
+        once the driver is there, without a restart."""
+        if self._state == "unavailable" and time.monotonic() >= self._retry_at:
+            self._try_init(first=False)
+        elif self._state == "new":
+            self._try_init(first=True)
         return self._state == "ready"
 
+    def _try_init(self, first: bool) -> None:
+        try:
+            self._nvml.nvmlInit()
+        except (self._nvml.NVMLError, OSError) as exc:
+            if first:
+                logger.warning(
+                    "NVML is not available (%s): reporting no GPUs, trying again every %d s",
+                    exc,
+                    self._retry_seconds,
+                )
+            self._state = "unavailable"
+            self._retry_at = time.monotonic() + self._retry_seconds
+        else:
+            if not first:
+                logger.warning("NVML is available now: reporting the GPUs")
+            self._state = "ready"
+
     def _optional(self, default, call, *args):
-        """A figure some GPUs do not support (ECC on consumer cards, power on some boards)."""
+        """A figure some GPUs or drivers cannot give: ECC on consumer cards, power on some
+        boards, utilisation under MIG, process lists from a driver older than pynvml
+        (FunctionNotFound), a field the agent may not read (NoPermission). The figure takes
+        ``default`` and the reason is logged once; a lost GPU still raises, so it drops out."""
         try:
             return call(*args)
-        except self._nvml.NVMLError_NotSupported:
+        except self._nvml.NVMLError_GpuIsLost:
+            raise
+        except self._errors as exc:
+            problem = (getattr(call, "__name__", repr(call)), str(exc))
+            if problem not in self._problems:
+                self._problems.add(problem)
+                level = (
+                    logging.DEBUG
+                    if isinstance(exc, self._nvml.NVMLError_NotSupported)
+                    else (logging.WARNING)
+                )
+                logger.log(level, "NVML %s failed (%s): reported as %r", *problem, default)
             return default
 
     def _handles(self) -> list[tuple[int, Any]]:
@@ -122,7 +161,7 @@ class NvmlBackend(GPUBackend):
                         compute_capability="{}.{}".format(*capability) if capability else "",
                     )
                 )
-            except nvml.NVMLError as exc:
+            except self._errors as exc:
                 logger.warning("GPU %d left out of the inventory: %s", index, exc)
         return gpus
 
@@ -137,18 +176,16 @@ class NvmlBackend(GPUBackend):
             nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
             nvml.NVML_VOLATILE_ECC,
         )
-        pids = set()
-        for call in (
-            nvml.nvmlDeviceGetComputeRunningProcesses,
-            nvml.nvmlDeviceGetGraphicsRunningProcesses,
-        ):
-            pids.update(process.pid for process in self._optional([], call, handle))
+        pids = self._running_pids(handle, "Compute") | self._running_pids(handle, "Graphics")
+        temperature = self._optional(
+            0, nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU
+        )
         return GPUSample(
             uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
             utilization=float(utilization.gpu if utilization is not None else 0),
             memory_used=int(memory.used),
             memory_total=int(memory.total),
-            temperature=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
+            temperature=float(temperature),
             # NVML speaks milliwatts.
             power_draw=self._optional(0, nvml.nvmlDeviceGetPowerUsage, handle) / 1000,
             power_limit=self._optional(0, nvml.nvmlDeviceGetEnforcedPowerLimit, handle) / 1000,
@@ -156,12 +193,32 @@ class NvmlBackend(GPUBackend):
             processes=len(pids),
         )
 
+    def _running_pids(self, handle, kind: str) -> set[int]:
+        """PIDs using the GPU. pynvml's plain call wants the newest NVML function (``_v3``,
+        drivers from R510); an older driver lacks it, so ``_v2`` is tried next, and whichever
+        answers is kept for later samples."""
+        names = self._process_calls.setdefault(
+            kind,
+            [f"nvmlDeviceGet{kind}RunningProcesses", f"nvmlDeviceGet{kind}RunningProcesses_v2"],
+        )
+        while len(names) > 1:
+            try:
+                return {process.pid for process in getattr(self._nvml, names[0])(handle)}
+            except (self._nvml.NVMLError_FunctionNotFound, self._mismatch):
+                names.pop(0)  # this driver lacks it: the older call from now on
+            except self._nvml.NVMLError_GpuIsLost:
+                raise
+            except self._nvml.NVMLError:
+                break  # a list this GPU cannot give: taken below, where it is logged once
+        processes = self._optional([], getattr(self._nvml, names[0]), handle)
+        return {process.pid for process in processes}
+
     def sample(self) -> list[GPUSample]:
         samples = []
         for index, handle in self._handles():
             try:
                 samples.append(self._sample_one(handle))
-            except self._nvml.NVMLError as exc:
+            except self._errors as exc:
                 logger.warning("GPU %d left out of the sample: %s", index, exc)
         return samples
 

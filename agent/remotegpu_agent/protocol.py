@@ -19,6 +19,7 @@ VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_GPUS = 64
 MAX_CONTAINERS = 1024
+MAX_HEARTBEAT_INTERVAL = 3600  # seconds
 
 
 class ProtocolError(ValueError):
@@ -82,6 +83,8 @@ class HostFacts:
     docker_version: str = ""
     agent_version: str = ""
     gpu_backend: str = ""
+    # Seconds between this agent's heartbeats as it runs them (0: not said, older agents).
+    heartbeat_interval: float = 0.0
 
 
 # Agent → server ----------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""What the agent keeps on disk, all in one state folder.
+"""What the agent keeps on disk, all in one state folder (mode 0700, reset on every use when
+the folder is ours).
 
 - ``config.json`` (mode 0600): where the server is and the host's credential, written by
   ``join``.
 - ``status.json``: what the running agent is doing, for ``remotegpu-agent status``.
-- ``commands.sqlite3``: the commands already run and their results, so a command the server
-  resends after a reconnect is answered again without running twice.
+- ``commands.sqlite3`` (mode 0600, as its -journal/-wal/-shm files): the commands already run
+  and their results, so a command the server resends after a reconnect is answered again
+  without running twice.
 - ``agent.lock``: held by the running agent, so two agents never share one folder.
 """
 
@@ -15,6 +17,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -53,6 +56,17 @@ def write_file(path: Path, text: str, mode: int = 0o600) -> None:
         temporary.unlink()
         raise
     os.replace(temporary, path)
+
+
+def restrict_mode(path: Path, mode: int) -> None:
+    """Give ``path`` exactly ``mode`` if it exists and belongs to this user (a folder someone
+    else owns, such as a shared parent, is left as it is)."""
+    try:
+        info = os.stat(path)
+        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:  # a journal SQLite has just removed
+        pass
 
 
 def iso_now() -> str:
@@ -112,7 +126,10 @@ class StateDir:
         return self.path / "agent.lock"
 
     def ensure(self) -> None:
+        """The folder exists with mode 0700, also one an older agent or a careless umask left
+        wider (or narrower)."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        restrict_mode(self.path, 0o700)
 
     # config.json
 
@@ -194,7 +211,16 @@ class CommandStore:
     KEEP_SECONDS = 30 * 24 * 3600
     INTERRUPTED = "the agent stopped while this command was running; it was not run again"
 
+    SIDE_FILES = ("-journal", "-wal", "-shm")
+
     def __init__(self, path: Path | str) -> None:
+        path = Path(path)
+        # Created 0600 before SQLite opens it (SQLite would use 0644); SQLite gives its journal
+        # files the database's mode. Files an older agent left wider are narrowed.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        restrict_mode(path, 0o600)
+        for suffix in self.SIDE_FILES:
+            restrict_mode(path.with_name(path.name + suffix), 0o600)
         self._db = sqlite3.connect(str(path), isolation_level=None)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS commands ("

@@ -176,3 +176,36 @@ def test_status_before_joining(tmp_path, capsys):
 def test_version(capsys):
     assert main(["version"]) == 0
     assert capsys.readouterr().out.strip() == f"remotegpu-agent {__version__} (protocol v1)"
+
+
+def test_gpus_shows_what_the_backend_sees(tmp_path, capsys):
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"temperature": 71, "utilization": 90}))
+    arguments = ["--gpu-backend", "fake", "--fake-gpus", "2", "--fake-control", str(control)]
+    assert main(["gpus", *arguments]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "2 GPU(s) found by the fake back end"
+    assert lines[1].startswith("[0] NVIDIA A100-SXM4-80GB  GPU-fake-")
+    assert "memory 80.0 GiB" in lines[2]
+    assert "utilisation 90 %" in lines[3]
+    assert "71 °C" in lines[3]
+
+    assert main(["gpus", "--json", *arguments]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "fake"
+    assert [gpu["index"] for gpu in report["gpus"]] == [0, 1]
+    assert {gpu["sample"]["temperature"] for gpu in report["gpus"]} == {71.0}
+    assert all(gpu["sample"]["uuid"] == gpu["uuid"] for gpu in report["gpus"])
+
+
+def test_gpus_on_a_host_without_any(capsys):
+    assert main(["gpus", "--gpu-backend", "fake", "--fake-gpus", "0"]) == 0
+    assert capsys.readouterr().out == "no GPUs found by the fake back end\n"
+
+
+@pytest.mark.parametrize("interval", ["0", "-5", "3601", "soon"])
+def test_run_refuses_a_heartbeat_interval_the_server_would_refuse(tmp_path, capsys, interval):
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--state-dir", str(tmp_path), "--heartbeat-interval", interval])
+    assert exited.value.code == 2
+    assert "--heartbeat-interval: expected seconds above 0" in capsys.readouterr().err

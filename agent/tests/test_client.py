@@ -184,6 +184,7 @@ def test_reports_and_runs_a_resent_command_once(tmp_path, monkeypatch):
         assert isinstance(received[0], Inventory)  # inventory first, on every connection
         assert len(received[0].gpus) == 2
         assert received[0].facts.gpu_backend == "fake"
+        assert received[0].facts.heartbeat_interval == 0.2  # its own, not the welcome's 15
         assert len(plane.of(Inventory, session)) == 1  # unchanged: not resent
         kinds = [type(message) for message in received]
         assert kinds.index(CommandAck) < kinds.index(CommandResult)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from types import SimpleNamespace
 
 import pynvml
@@ -186,6 +187,129 @@ def test_nvml_figures_are_converted(monkeypatch):
     )
     assert backend.sample() == []
     assert backend.inventory() == []
+
+
+def _simulated_gpu(monkeypatch, **overrides):
+    """One simulated A100 behind pynvml's functions, with ``overrides`` by function name."""
+    memory = SimpleNamespace(total=80 * GIB, used=GIB, free=79 * GIB)
+    fake = {
+        "nvmlInit": lambda: None,
+        "nvmlShutdown": lambda: None,
+        "nvmlDeviceGetCount": lambda: 1,
+        "nvmlDeviceGetHandleByIndex": lambda index: f"handle-{index}",
+        "nvmlDeviceGetUUID": lambda handle: "GPU-11111111-2222-3333-4444-555555555555",
+        "nvmlDeviceGetName": lambda handle: "NVIDIA A100-SXM4-80GB",
+        "nvmlDeviceGetMemoryInfo": lambda handle: memory,
+        "nvmlDeviceGetUtilizationRates": lambda handle: SimpleNamespace(gpu=5, memory=1),
+        "nvmlDeviceGetTemperature": lambda handle, sensor: 40,
+        "nvmlDeviceGetPowerUsage": lambda handle: 100_000,
+        "nvmlDeviceGetEnforcedPowerLimit": lambda handle: 400_000,
+        "nvmlDeviceGetTotalEccErrors": lambda handle, kind, counter: 0,
+        "nvmlDeviceGetGraphicsRunningProcesses": lambda handle: [],
+        "nvmlSystemGetDriverVersion": lambda: "470.82.01",
+        "nvmlSystemGetCudaDriverVersion": lambda: 11040,
+        "nvmlDeviceGetCudaComputeCapability": lambda handle: (8, 0),
+    } | overrides
+    for name, function in fake.items():
+        function.__name__ = name  # as pynvml's own functions are named in the log
+        monkeypatch.setattr(pynvml, name, function)
+
+
+def _failing(code):
+    def call(*args):
+        raise pynvml.NVMLError(code)
+
+    return call
+
+
+def test_nvml_figures_a_driver_cannot_give_do_not_drop_the_gpu(monkeypatch, caplog):
+    """Real drivers refuse single figures in more ways than NotSupported: a process list from a
+    driver older than pynvml (FunctionNotFound), power behind permissions (NoPermission). The
+    GPU stays in the figures with that one figure at its default, and each reason is logged
+    once, not every heartbeat."""
+    _simulated_gpu(
+        monkeypatch,
+        nvmlDeviceGetName=lambda handle: "NVIDIA H200",
+        nvmlDeviceGetUtilizationRates=lambda handle: SimpleNamespace(gpu=7, memory=1),
+        nvmlDeviceGetTemperature=lambda handle, sensor: 33,
+        nvmlDeviceGetPowerUsage=_failing(pynvml.NVML_ERROR_NO_PERMISSION),
+        nvmlDeviceGetEnforcedPowerLimit=lambda handle: 700_000,
+        nvmlDeviceGetComputeRunningProcesses=_failing(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        nvmlDeviceGetGraphicsRunningProcesses=_failing(pynvml.NVML_ERROR_NO_PERMISSION),
+        nvmlSystemGetDriverVersion=_failing(pynvml.NVML_ERROR_UNKNOWN),
+        nvmlSystemGetCudaDriverVersion=lambda: 12080,
+        nvmlDeviceGetCudaComputeCapability=lambda handle: (9, 0),
+    )
+    backend = NvmlBackend()
+    with caplog.at_level(logging.WARNING, logger="remotegpu_agent.gpu"):
+        (gpu,) = backend.inventory()
+        samples = [backend.sample() for _ in range(3)]
+    assert (gpu.name, gpu.driver_version, gpu.cuda_version) == ("NVIDIA H200", "", "12.8")
+    for (sample,) in samples:
+        assert (sample.utilization, sample.temperature) == (7.0, 33.0)
+        assert (sample.power_draw, sample.power_limit, sample.processes) == (0.0, 700.0, 0)
+    warnings = [record.getMessage() for record in caplog.records]
+    # Driver version, power and the graphics list: once each (NotSupported is only debug).
+    assert len(warnings) == 3, warnings
+    assert any("nvmlDeviceGetGraphicsRunningProcesses" in warning for warning in warnings)
+
+
+def test_nvml_process_lists_fall_back_to_v2_on_drivers_before_r510(monkeypatch, caplog):
+    """pynvml's plain call wants ``..._v3``, which R470 lacks, and its wrapper then raises
+    NVMLLibraryMismatchError, a plain Exception: the back end asks ``_v2`` instead, from then
+    on, and the heartbeat keeps its GPU."""
+    function_pointer = pynvml._nvmlGetFunctionPointer
+
+    def pointer(name):
+        if name == "nvmlDeviceGetComputeRunningProcesses_v3":
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        return function_pointer(name)
+
+    v2_calls = []
+
+    def compute_v2(handle):
+        v2_calls.append(handle)
+        return [SimpleNamespace(pid=41), SimpleNamespace(pid=42)]
+
+    _simulated_gpu(monkeypatch, nvmlDeviceGetComputeRunningProcesses_v2=compute_v2)
+    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer", pointer)
+    backend = NvmlBackend()
+    with caplog.at_level(logging.WARNING, logger="remotegpu_agent.gpu"):
+        first, second = backend.sample(), backend.sample()
+    assert [sample.processes for sample in first + second] == [2, 2]
+    assert len(v2_calls) == 2
+    assert caplog.records == []
+
+
+def test_nvml_is_tried_again_until_the_driver_loads(monkeypatch):
+    """An agent that starts before the nvidia module has loaded finds the GPUs later, without
+    a restart, and says so once."""
+    attempts = []
+
+    def init():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+
+    _simulated_gpu(monkeypatch, nvmlInit=init)
+    backend = NvmlBackend(retry_seconds=0.05)
+    assert backend.inventory() == []
+    assert backend.inventory() == []  # not yet time to try again
+    assert len(attempts) == 1
+    time.sleep(0.06)
+    assert [gpu.name for gpu in backend.inventory()] == ["NVIDIA A100-SXM4-80GB"]
+    assert len(backend.sample()) == 1
+    assert len(attempts) == 2
+
+
+def test_a_gpu_without_a_temperature_sensor_keeps_its_other_figures(monkeypatch):
+    _simulated_gpu(
+        monkeypatch,
+        nvmlDeviceGetTemperature=_failing(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: [],
+    )
+    (sample,) = NvmlBackend().sample()
+    assert (sample.temperature, sample.utilization, sample.power_draw) == (0.0, 5.0, 100.0)
 
 
 def test_unknown_backend_is_refused():
