@@ -15,7 +15,7 @@ from .services import commands as command_services
 from .services import hosts as host_services
 from .services.heartbeats import batcher, heartbeat_time
 from .services.join import credential_authenticate
-from .services.realtime import CLOSE_CREDENTIAL_INVALID, agent_group
+from .services.realtime import CLOSE_CREDENTIAL_INVALID, CLOSE_CREDENTIAL_REVOKED, agent_group
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
     host = None
 
     async def connect(self):
-        credential = await database_sync_to_async(credential_authenticate)(_bearer(self.scope))
+        self.bearer = _bearer(self.scope)
+        credential = await database_sync_to_async(credential_authenticate)(self.bearer)
         if credential is None:
             logger.warning("agent refused: invalid credential from %s", self.scope.get("client"))
             await self.close(code=CLOSE_CREDENTIAL_INVALID)
@@ -115,9 +116,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _resync(self):
         """Repair what a Redis restart or a lost message can break while this socket stays up:
-        join the host's group again (idempotent), mark the host connected, and send commands
-        whose push never arrived. Once a minute per connection, not per heartbeat."""
+        check the credential again (a revocation whose close message was lost, or that came
+        between the handshake's check and joining the group), join the host's group again
+        (idempotent), mark the host connected, and send commands whose push never arrived.
+        Once a minute per connection, not per heartbeat."""
         self.resync_at = time.monotonic() + RESYNC_INTERVAL
+        if await database_sync_to_async(credential_authenticate)(self.bearer) is None:
+            logger.warning("host %s: credential no longer valid, closing its socket", self.host.pk)
+            await self.close(code=CLOSE_CREDENTIAL_REVOKED)
+            return
         await self.channel_layer.group_add(self.group, self.channel_name)
         await database_sync_to_async(host_services.host_connected)(self.host, self.channel_name)
         await self._send_commands(unsent_only=True)
@@ -162,4 +169,4 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self._send_commands(event["command_id"])
 
     async def agent_disconnect(self, event):
-        await self.close(code=event.get("code", 4403))
+        await self.close(code=event.get("code", CLOSE_CREDENTIAL_REVOKED))

@@ -3,9 +3,11 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from remotegpu_agent import protocol
 
 from remotegpu.core.models import TimeStampedModel
 
@@ -21,6 +23,9 @@ from .choices import (
     OnboardingStatus,
     Severity,
 )
+
+# Seconds an agent's clock may be off the server's before the server's time stamps its samples.
+MAX_CLOCK_SKEW = 30.0
 
 
 class Region(TimeStampedModel):
@@ -70,7 +75,17 @@ class Host(TimeStampedModel):
     )
     status_reason = models.CharField(_("status reason"), max_length=200, blank=True)
     status_changed_at = models.DateTimeField(_("status changed"), default=timezone.now)
-    heartbeat_interval = models.PositiveIntegerField(_("heartbeat interval (s)"), default=15)
+    heartbeat_interval = models.PositiveIntegerField(
+        _("heartbeat interval (s)"),
+        default=15,
+        validators=[MinValueValidator(1), MaxValueValidator(protocol.MAX_HEARTBEAT_INTERVAL)],
+        help_text=_("How often the agent reports, told to it when it connects."),
+    )
+    # What the agent says it runs at (it may be started with its own interval); offline
+    # detection trusts this over the configured figure.
+    agent_heartbeat_interval = models.FloatField(
+        _("agent's heartbeat interval (s)"), null=True, blank=True, editable=False
+    )
     # Reported by the agent.
     hostname = models.CharField(_("host name"), max_length=255, blank=True)
     cpu_model = models.CharField(_("CPU model"), max_length=200, blank=True)
@@ -88,6 +103,9 @@ class Host(TimeStampedModel):
     # reconnected host disconnected.
     agent_connection = models.CharField(max_length=200, blank=True, editable=False)
     last_seen_at = models.DateTimeField(_("last seen"), null=True, blank=True, db_index=True)
+    # How far the agent's clock is behind the server's, in seconds (negative: ahead), as of
+    # the latest heartbeat. Beyond a limit the server's time stamps the samples instead.
+    clock_offset = models.FloatField(_("agent clock offset (s)"), null=True, blank=True)
     # The latest heartbeat, for list pages that must not touch the metrics tables.
     cpu_percent = models.FloatField(_("CPU %"), null=True, blank=True)
     memory_used = models.BigIntegerField(_("memory used"), null=True, blank=True)
@@ -100,6 +118,20 @@ class Host(TimeStampedModel):
 
     def __str__(self):
         return self.name
+
+    @property
+    def effective_heartbeat_interval(self) -> float:
+        """Seconds between heartbeats: what the agent said it runs at, else the configured."""
+        return self.agent_heartbeat_interval or self.heartbeat_interval
+
+    @property
+    def clock_skewed(self) -> bool:
+        """The agent's clock is so far off that its samples carry the server's time."""
+        return self.clock_offset is not None and abs(self.clock_offset) > MAX_CLOCK_SKEW
+
+    @property
+    def clock_offset_abs(self) -> float | None:
+        return None if self.clock_offset is None else abs(self.clock_offset)
 
     @property
     def labels_text(self) -> str:

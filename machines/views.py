@@ -66,7 +66,7 @@ def _page(request, queryset):
     return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
 
 
-def _chart_refresh_seconds(request, default: int) -> int:
+def _chart_refresh_seconds(request, default: float) -> int:
     try:
         wanted = int(request.GET.get("refresh", default))
     except ValueError:
@@ -156,7 +156,7 @@ def _render_host(request, host: Host, *, labels_form=None):
         "labels_form": labels_form or HostLabelsForm(initial={"labels": host.labels_text}),
         "metrics_url": reverse("api:host-metrics", args=[host.pk]),
         "metric_ranges": METRIC_RANGES,
-        "chart_refresh_seconds": _chart_refresh_seconds(request, host.heartbeat_interval),
+        "chart_refresh_seconds": _chart_refresh_seconds(request, host.effective_heartbeat_interval),
     }
     return render(request, "machines/host_detail.html", context)
 

@@ -57,6 +57,7 @@ class HostSerializer(serializers.ModelSerializer):
             "status_reason",
             "status_changed_at",
             "heartbeat_interval",
+            "agent_heartbeat_interval",
             "hostname",
             "cpu_model",
             "cpu_cores",

@@ -42,17 +42,17 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.mail import send_mass_mail
 from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, FloatField, QuerySet, Value, When
+from django.db.models import Case, F, FloatField, Q, QuerySet, Value, When
 from django.db.models.functions import Cast, NullIf
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from accounts.choices import AuditAction, NotificationLevel
 from accounts.models import User
 from accounts.services.audit import audit_record
 from accounts.services.notifications import notification_create
-from accounts.services.users import user_require_operator
+from accounts.services.users import user_require_operator, users_by_language
 from remotegpu.core.errors import Conflict, ValidationError
 
 from ..choices import (
@@ -66,6 +66,7 @@ from ..choices import (
     Severity,
 )
 from ..models import GPU, Alert, AlertRule, Host
+from .hosts import host_silent
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ def _percent(used: str, total: str):
     )
 
 
-def _value_expression(metric: str):
-    """The metric's current value of one target, in SQL; NULL where there is none."""
+def _value_expression(metric: str, now: datetime):
+    """The metric's current value of one target, in SQL; NULL where there is none. A host is
+    offline when offline detection said so, or when it drains and has fallen silent (it keeps
+    its operator state, but the workloads on it are unwatched)."""
     return {
         AlertMetric.GPU_TEMPERATURE: lambda: F("temperature"),
         AlertMetric.GPU_MEMORY_PERCENT: lambda: _percent("memory_used", "memory_total"),
@@ -125,6 +128,7 @@ def _value_expression(metric: str):
         AlertMetric.DISK_PERCENT: lambda: _percent("disk_used", "disk_total"),
         AlertMetric.HOST_OFFLINE: lambda: Case(
             When(status=HostStatus.OFFLINE, then=Value(1.0)),
+            When(Q(status=HostStatus.DRAINING) & host_silent(now), then=Value(1.0)),
             default=Value(0.0),
             output_field=FloatField(),
         ),
@@ -134,18 +138,17 @@ def _value_expression(metric: str):
 Target = tuple[int, int | None]  # (host id, GPU id or None)
 
 
-def _targets(rule: AlertRule) -> QuerySet:
+def _targets(rule: AlertRule, now: datetime) -> QuerySet:
     """Every target of ``rule`` that has a value now, annotated with it as ``value``: GPUs for
-    the GPU metrics, hosts otherwise."""
-    value = _value_expression(rule.metric)
+    the GPU metrics, hosts otherwise. A silent host's figures are old, so it has none."""
+    value = _value_expression(rule.metric, now)
     if rule.metric in GPU_METRICS:
-        targets = GPU.objects.filter(host__status__in=REPORTING_STATES).exclude(
-            health=GPUHealth.LOST
-        )
+        reporting = Host.objects.filter(status__in=REPORTING_STATES).exclude(host_silent(now))
+        targets = GPU.objects.filter(host__in=reporting).exclude(health=GPUHealth.LOST)
     elif rule.metric == AlertMetric.HOST_OFFLINE:
         targets = Host.objects.exclude(status=HostStatus.RETIRED)
     else:
-        targets = Host.objects.filter(status__in=REPORTING_STATES)
+        targets = Host.objects.filter(status__in=REPORTING_STATES).exclude(host_silent(now))
     return targets.annotate(value=value).filter(value__isnull=False)
 
 
@@ -213,6 +216,12 @@ def _message(rule: AlertRule, value: float | None) -> str:
     )[:300]
 
 
+def alert_message_text(alert: Alert, rule: AlertRule | None = None) -> str:
+    """The alert's message in the current language (``Alert.message`` keeps the words of the
+    moment it was stored, in the server's language, for the API and webhooks)."""
+    return _message(rule or alert.rule, alert.value)
+
+
 def alert_target_text(alert: Alert) -> str:
     if alert.gpu_id is None:
         return alert.host.name
@@ -256,7 +265,7 @@ def alerts_evaluate(now: datetime | None = None) -> EvaluationResult:
 
 
 def _evaluate_rule(rule: AlertRule, now: datetime, result: EvaluationResult) -> None:
-    breaching = _values(rule, _targets(rule).filter(**_condition(rule)))
+    breaching = _values(rule, _targets(rule, now).filter(**_condition(rule)))
     open_alerts = _open_alerts(rule)
     new = breaching.keys() - open_alerts.keys()
     if new:
@@ -294,7 +303,7 @@ def _settle(rule: AlertRule, alerts: list[Alert], now: datetime, result: Evaluat
     """Open alerts whose target does not breach now: condition false, no data, or gone."""
     # Values of those targets that do not breach (a target breaching again since the first
     # query is left for the next pass).
-    targets = _targets(rule).exclude(**_condition(rule))
+    targets = _targets(rule, now).exclude(**_condition(rule))
     if rule.metric in GPU_METRICS:
         targets = targets.filter(pk__in=[alert.gpu_id for alert in alerts])
     else:
@@ -361,7 +370,7 @@ def _notification_text(alert: Alert, rule: AlertRule, event: str) -> tuple[str, 
             "target": target,
         }
         body = _("%(message)s, since %(since)s.") % {
-            "message": alert.message,
+            "message": alert_message_text(alert, rule),  # in the reader's language
             "since": timezone.localtime(alert.since).strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
         return title, body, SEVERITY_LEVELS[alert.severity]
@@ -378,20 +387,20 @@ def _notification_text(alert: Alert, rule: AlertRule, event: str) -> tuple[str, 
 
 def _notify(alert: Alert, rule: AlertRule, event: str) -> None:
     """In-app notifications now; e-mail and the webhook once the transition has committed."""
-    title, body, level = _notification_text(alert, rule, event)
     url = alert_url(alert)
-    operators = list(get_user_model().objects.filter(is_staff=True, is_active=True))
-    for operator in operators:
-        notification_create(operator, title, body=body, level=level, url=url)
-    if rule.notify_email:
+    operators = get_user_model().objects.filter(is_staff=True, is_active=True)
+    messages = []
+    # Each operator reads it in their own language: the texts are made once per language.
+    for language, readers in users_by_language(operators).items():
+        with translation.override(language):
+            title, body, level = _notification_text(alert, rule, event)
         text = f"{body}\n\n{settings.SITE_URL.rstrip('/')}{url}\n"
-        messages = [
-            (title, text, settings.DEFAULT_FROM_EMAIL, [operator.email])
-            for operator in operators
-            if operator.email
-        ]
-        if messages:
-            transaction.on_commit(partial(_send_mail, messages))
+        for operator in readers:
+            notification_create(operator, title, body=body, level=level, url=url)
+            if rule.notify_email and operator.email:
+                messages.append((title, text, settings.DEFAULT_FROM_EMAIL, [operator.email]))
+    if messages:
+        transaction.on_commit(partial(_send_mail, messages))
     if rule.webhook_url:
         transaction.on_commit(partial(_enqueue_webhook, rule.pk, alert_payload(alert, rule, event)))
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from remotegpu_agent import protocol
 
 from ..choices import HostStatus
-from ..models import GPU, Host
+from ..models import MAX_CLOCK_SKEW, Host
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +47,57 @@ def heartbeat_time(heartbeat) -> datetime:
         raise protocol.ProtocolError(f"heartbeat.time: {heartbeat.time!r} is not a time") from exc
 
 
+def sample_time(heartbeat, received_at: datetime) -> tuple[datetime, float]:
+    """When the sample was taken, and how far the agent's clock is behind the server's (in
+    seconds, negative when ahead). The agent's time identifies a sample while its clock is
+    near the server's; a clock off by more than ``MAX_CLOCK_SKEW`` (no NTP, a dead RTC) would
+    put samples where rollups and retention never look, so the server's time stands in."""
+    when = heartbeat_time(heartbeat)
+    offset = (received_at - when).total_seconds()
+    if abs(offset) > MAX_CLOCK_SKEW:
+        when = received_at
+    return when, round(offset, 1)
+
+
 def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
     """Write a batch; returns how many heartbeats it held. Synchronous (runs in a thread)."""
     if not pending:
         return 0
-    host_ids = {item.host_id for item in pending}
-    gpu_ids = {
-        (host_id, uuid): pk
-        for pk, host_id, uuid in GPU.objects.filter(host_id__in=host_ids).values_list(
-            "pk", "host_id", "uuid"
-        )
-    }
+    with connection.cursor() as cursor:
+        host_ids, gpu_ids = _existing_rows(cursor, sorted({item.host_id for item in pending}))
+        rows = _sample_rows([item for item in pending if item.host_id in host_ids], gpu_ids)
+        with transaction.atomic():
+            _store(cursor, host_ids, *rows)
+    return len(pending)
+
+
+def _existing_rows(cursor, host_ids: list[int]) -> tuple[set[int], dict[tuple[int, str], int]]:
+    """The hosts of the batch that still exist, and their GPUs' ids by (host, UUID), in one
+    query. A host deleted in the admin keeps its socket until the next resync; its heartbeats
+    are skipped here instead of failing everybody's batch on a foreign key. (A host deleted
+    during the flush itself can still fail that one batch, which is logged and dropped; locking
+    the rows for that rare case would take them in the reverse order of Django's cascading
+    delete, and could deadlock instead.)"""
+    cursor.execute(
+        "SELECT h.id, g.id, g.uuid FROM machines_host h "
+        "LEFT JOIN machines_gpu g ON g.host_id = h.id WHERE h.id = ANY(%s)",
+        [host_ids],
+    )
+    existing, gpu_ids = set(), {}
+    for host_id, gpu_id, uuid in cursor.fetchall():
+        existing.add(host_id)
+        if gpu_id is not None:
+            gpu_ids[(host_id, uuid)] = gpu_id
+    return existing, gpu_ids
+
+
+def _sample_rows(pending: list[PendingHeartbeat], gpu_ids: dict[tuple[int, str], int]):
     host_samples, gpu_samples = [], []
     latest_host: dict[int, tuple] = {}
     latest_gpu: dict[int, tuple] = {}
     for item in pending:
         beat = item.heartbeat
-        when = heartbeat_time(beat)
+        when, clock_offset = sample_time(beat, item.received_at)
         host_samples.append(
             (
                 item.host_id,
@@ -82,6 +116,7 @@ def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
             beat.cpu_percent,
             beat.memory_used,
             beat.disk_used,
+            clock_offset,
         )
         for sample in beat.gpus:
             gpu_id = gpu_ids.get((item.host_id, sample.uuid))
@@ -107,66 +142,69 @@ def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
                 sample.power_limit,
                 sample.ecc_errors,
             )
-    with transaction.atomic(), connection.cursor() as cursor:
-        _insert_unnest(
-            cursor,
-            "machines_hostsample",
-            [
-                "host_id",
-                "time",
-                "cpu_percent",
-                "memory_used",
-                "memory_total",
-                "disk_used",
-                "disk_total",
-                "load1",
-            ],
-            ["bigint", "timestamptz", "float8", "bigint", "bigint", "bigint", "bigint", "float8"],
-            host_samples,
-        )
-        _insert_unnest(
-            cursor,
-            "machines_gpusample",
-            [
-                "gpu_id",
-                "time",
-                "utilization",
-                "memory_used",
-                "temperature",
-                "power_draw",
-                "ecc_errors",
-            ],
-            ["bigint", "timestamptz", "float8", "bigint", "float8", "float8", "bigint"],
-            gpu_samples,
-        )
-        _update_from_values(
-            cursor,
-            "machines_host",
-            ["id", "last_seen_at", "cpu_percent", "memory_used", "disk_used"],
-            ["bigint", "timestamptz", "float8", "bigint", "bigint"],
-            list(latest_host.values()),
-        )
-        _update_from_values(
-            cursor,
-            "machines_gpu",
-            [
-                "id",
-                "utilization",
-                "memory_used",
-                "temperature",
-                "power_draw",
-                "power_limit",
-                "ecc_errors",
-            ],
-            ["bigint", "float8", "bigint", "float8", "float8", "float8", "bigint"],
-            list(latest_gpu.values()),
-        )
-        # Offline detection may have fired while the socket stayed up (a slow flush, a database
-        # hiccup): a heartbeat proves the host is there. Operator states are left alone.
-        Host.objects.filter(pk__in=host_ids, status=HostStatus.OFFLINE).update(
-            status=HostStatus.ONLINE, status_reason="", status_changed_at=timezone.now()
-        )
-    return len(pending)
+    return host_samples, gpu_samples, latest_host, latest_gpu
+
+
+def _store(cursor, host_ids, host_samples, gpu_samples, latest_host, latest_gpu) -> None:
+    """Samples inserted, latest figures updated: four set-based statements for the batch."""
+    _insert_unnest(
+        cursor,
+        "machines_hostsample",
+        [
+            "host_id",
+            "time",
+            "cpu_percent",
+            "memory_used",
+            "memory_total",
+            "disk_used",
+            "disk_total",
+            "load1",
+        ],
+        ["bigint", "timestamptz", "float8", "bigint", "bigint", "bigint", "bigint", "float8"],
+        host_samples,
+    )
+    _insert_unnest(
+        cursor,
+        "machines_gpusample",
+        [
+            "gpu_id",
+            "time",
+            "utilization",
+            "memory_used",
+            "temperature",
+            "power_draw",
+            "ecc_errors",
+        ],
+        ["bigint", "timestamptz", "float8", "bigint", "float8", "float8", "bigint"],
+        gpu_samples,
+    )
+    _update_from_values(
+        cursor,
+        "machines_host",
+        ["id", "last_seen_at", "cpu_percent", "memory_used", "disk_used", "clock_offset"],
+        ["bigint", "timestamptz", "float8", "bigint", "bigint", "float8"],
+        list(latest_host.values()),
+    )
+    _update_from_values(
+        cursor,
+        "machines_gpu",
+        [
+            "id",
+            "utilization",
+            "memory_used",
+            "temperature",
+            "power_draw",
+            "power_limit",
+            "ecc_errors",
+        ],
+        ["bigint", "float8", "bigint", "float8", "float8", "float8", "bigint"],
+        list(latest_gpu.values()),
+    )
+    # Offline detection may have fired while the socket stayed up (a slow flush, a database
+    # hiccup): a heartbeat proves the host is there. Operator states are left alone.
+    Host.objects.filter(pk__in=host_ids, status=HostStatus.OFFLINE).update(
+        status=HostStatus.ONLINE, status_reason="", status_changed_at=timezone.now(), connected=True
+    )
 
 
 def _insert_unnest(cursor, table, columns, types, rows) -> None:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Value
+from django.db.models import (
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Q,
+    Value,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from remotegpu_agent import protocol
@@ -36,7 +45,12 @@ def _not_a_label(item: str) -> ValidationError:
 def _label(key: str, value: str, item: str) -> tuple[str, str]:
     key, value = key.strip(), value.strip()
     # A value may not hold the separators of the text form, so labels edit back as they show.
-    if not LABEL_KEY.match(key) or len(value) > 100 or any(c in value for c in ",\n"):
+    # No control characters either (PostgreSQL refuses NUL in text and JSON).
+    if (
+        not LABEL_KEY.match(key)
+        or len(value) > 100
+        or any(c in ",\n" or not c.isprintable() for c in value)
+    ):
         raise _not_a_label(item)
     return key, value
 
@@ -110,6 +124,10 @@ def host_apply_inventory(host: Host, inventory) -> None:
     _check_range("facts.cpu_cores", facts.cpu_cores, MAX_CPU_CORES)
     _check_range("facts.memory_total", facts.memory_total)
     _check_range("facts.disk_total", facts.disk_total)
+    if not 0 <= facts.heartbeat_interval <= protocol.MAX_HEARTBEAT_INTERVAL:
+        raise protocol.ProtocolError(
+            f"inventory.facts.heartbeat_interval: {facts.heartbeat_interval} is out of range"
+        )
     for info in inventory.gpus:
         _check_range("gpus.index", info.index, MAX_GPU_INDEX)
         _check_range("gpus.memory_total", info.memory_total)
@@ -124,17 +142,23 @@ def host_apply_inventory(host: Host, inventory) -> None:
         docker_version=facts.docker_version[:50],
         agent_version=facts.agent_version[:50],
         gpu_backend=facts.gpu_backend[:20],
+        # 0 means an agent too old to say: offline detection falls back to the configured one.
+        agent_heartbeat_interval=facts.heartbeat_interval or None,
         containers=list(inventory.containers),
         last_seen_at=timezone.now(),
     )
     uuids = [info.uuid[:100] for info in inventory.gpus]
-    # A GPU UUID is unique in the fleet: a host never takes over another host's GPU row (a
-    # stolen or buggy credential must not be able to move GPUs between hosts).
-    foreign = set(
-        GPU.objects.filter(uuid__in=uuids).exclude(host=host).values_list("uuid", flat=True)
+    # A GPU UUID is unique in the fleet: a host never takes over another live host's GPU row (a
+    # stolen or buggy credential must not be able to move GPUs between hosts). A retired host's
+    # GPUs move with the machine when it joins again as a new host.
+    owners = dict(
+        GPU.objects.filter(uuid__in=uuids).exclude(host=host).values_list("uuid", "host__status")
     )
+    foreign = {uuid for uuid, status in owners.items() if status != HostStatus.RETIRED}
     if foreign:
         logger.warning("host %s claims GPUs of other hosts: %s", host.pk, sorted(foreign))
+    if len(owners) > len(foreign):
+        logger.info("host %s takes over GPUs of retired hosts", host.pk)
     seen = []
     for info in inventory.gpus:
         if info.uuid[:100] in foreign:
@@ -233,23 +257,28 @@ def host_set_labels(*, operator: User, host: Host, labels) -> Host:
 # Offline detection -------------------------------------------------------------------------
 
 
-def host_mark_offline_stale(now=None) -> list[Host]:
-    """Hosts online whose last heartbeat is older than three intervals go offline. Run by beat
-    every few seconds; the conditional update makes reruns harmless. Operators hear of it
-    through the "host offline" alert rule (machines.services.alerts)."""
-    now = now or timezone.now()
-    # Each host has its own interval: last_seen < now - interval × missed, in SQL.
+def host_silent(now: datetime) -> Q:
+    """Hosts whose last heartbeat is older than three of their intervals (the agent's own when
+    it said one, else the configured one): ``last_seen < now - interval × 3``, in SQL."""
+    interval = Coalesce(
+        F("agent_heartbeat_interval"), F("heartbeat_interval"), output_field=FloatField()
+    )
+    missed = Value(timedelta(seconds=OFFLINE_AFTER_MISSED_HEARTBEATS), output_field=DurationField())
     threshold = ExpressionWrapper(
         Value(now, output_field=DateTimeField())
-        - F("heartbeat_interval")
-        * Value(timedelta(seconds=OFFLINE_AFTER_MISSED_HEARTBEATS), output_field=DurationField()),
+        - ExpressionWrapper(interval * missed, output_field=DurationField()),
         output_field=DateTimeField(),
     )
-    stale = list(
-        Host.objects.filter(status=HostStatus.ONLINE, last_seen_at__isnull=False)
-        .alias(threshold=threshold)
-        .filter(last_seen_at__lt=F("threshold"))
-    )
+    return Q(last_seen_at__isnull=False, last_seen_at__lt=threshold)
+
+
+def host_mark_offline_stale(now=None) -> list[Host]:
+    """Online hosts that fell silent go offline. Run by beat every few seconds; the conditional
+    update makes reruns harmless. Operators hear of it through the "host offline" alert rule
+    (machines.services.alerts), which also covers a draining host that falls silent: it keeps
+    its operator state, so the workloads it drains stay accounted for."""
+    now = now or timezone.now()
+    stale = list(Host.objects.filter(host_silent(now), status=HostStatus.ONLINE))
     went_offline = []
     for host in stale:
         changed = Host.objects.filter(pk=host.pk, status=HostStatus.ONLINE).update(
@@ -257,6 +286,7 @@ def host_mark_offline_stale(now=None) -> list[Host]:
             status_reason=_("No heartbeat for %(n)d intervals")
             % {"n": OFFLINE_AFTER_MISSED_HEARTBEATS},
             status_changed_at=now,
+            connected=False,  # whatever socket it had is dead or hung
         )
         if changed:
             went_offline.append(host)

@@ -181,6 +181,7 @@ def _parse_row(line: int, values: dict[str, str], regions: dict[str, Region]):
         )
     elif any(not character.isprintable() for character in name):
         errors.append(_("name %(name)s holds unprintable characters") % {"name": repr(name)})
+        name = ""  # never looked up: PostgreSQL refuses NUL in a query
     address = values.get("address", "").strip() or None
     if address is not None:
         normalized = address_normalize(address)

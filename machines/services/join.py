@@ -206,6 +206,10 @@ def credential_authenticate(raw: str) -> HostCredential | None:
 
 
 def _revoke_all(host: Host) -> int:
+    """Revoke the host's live credentials, its row locked first (inside the caller's
+    transaction): a concurrent rotation or revocation waits for this one to commit and then sees
+    the credential it issued, so two rotations never leave two live credentials."""
+    Host.objects.select_for_update().only("pk").get(pk=host.pk)
     return HostCredential.objects.filter(host=host, revoked_at__isnull=True).update(
         revoked_at=timezone.now()
     )

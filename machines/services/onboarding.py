@@ -17,6 +17,7 @@ logged, never stored in a step's output and never shown again; nor is the join t
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -33,7 +34,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -509,6 +510,21 @@ def onboarding_create(
     return job
 
 
+def _in_language_of_creator(function):
+    """Run a job's task in the language of the operator who started it: the steps' progress and
+    errors are stored as text, for them to read."""
+
+    @functools.wraps(function)
+    def wrapper(job_id: int, *args, **kwargs):
+        jobs = OnboardingJob.objects.filter(pk=job_id)
+        language = jobs.values_list("created_by__language", flat=True).first()
+        with translation.override(language or settings.LANGUAGE_CODE):
+            return function(job_id, *args, **kwargs)
+
+    return wrapper
+
+
+@_in_language_of_creator
 def onboarding_scan(job_id: int) -> str:
     """Read the server's host key for an operator to confirm. Nothing authenticates: the
     secret is not sent before the key is confirmed. The job's status afterwards."""
@@ -582,6 +598,7 @@ def onboarding_cancel(*, operator: User, job: OnboardingJob) -> OnboardingJob:
     raise Conflict(_("Only an onboarding that has not started running can be cancelled."))
 
 
+@_in_language_of_creator
 def onboarding_run(job_id: int, server_url: str) -> str:
     """Run every step against a confirmed job's server; the job's status afterwards."""
     job = OnboardingJob.objects.select_related("created_by", "region").filter(pk=job_id).first()

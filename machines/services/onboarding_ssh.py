@@ -207,9 +207,55 @@ dir="$HOME/.remotegpu-agent"
   --name "$name" --state-dir "$dir/state"
 """
 
-# systemd where it runs and we are root; otherwise a small loop that restarts the agent,
-# detached from the SSH session, its pid in agent.pid (kill it to stop the agent).
-START_SCRIPT = """set -e
+# Exit statuses of ``remotegpu-agent run`` after which restarting cannot help (see
+# docs/agent-protocol.md §6-7): 2, the configuration is missing or unusable; 3, the server
+# refused the credential (revoked, host retired). The agent then stays stopped until the operator
+# joins it again (or fixes it) and starts it.
+AGENT_FINAL_EXIT_STATUSES = "2 3"
+
+# The loop that keeps the agent running without systemd: it restarts it 5 s after it exits,
+# except after a final status, when it logs why to agent.log and ends. Stop: kill its pid
+# (agent.pid).
+SUPERVISE_SCRIPT = """#!/bin/sh
+# Keeps remotegpu-agent running: restarts it 5 s after it exits, but not after exit status 2
+# (bad configuration) or 3 (credential refused). Stop: kill "$(cat agent.pid)".
+dir="$HOME/.remotegpu-agent"
+echo $$ > "$dir/agent.pid"
+child=
+stop() {
+  if [ -n "$child" ]; then kill "$child" 2>/dev/null; wait "$child"; fi
+  rm -f "$dir/agent.pid"
+  exit 0
+}
+trap stop TERM INT HUP
+while :; do
+  "$dir/venv/bin/remotegpu-agent" run --state-dir "$dir/state" --log-file "$dir/agent.log" \\
+    >/dev/null 2>&1 &
+  child=$!
+  status=0
+  wait "$child" || status=$?
+  child=
+  case "$status" in
+    2) why="its configuration is missing or unusable" ;;
+    3) why="the server refused its credential; join again with a new token" ;;
+    *) why= ;;
+  esac
+  if [ -n "$why" ]; then
+    echo "$(date '+%Y-%m-%d %H:%M:%S') ERROR supervise.sh: remotegpu-agent exited with" \\
+      "status $status, $why: not restarting it" >> "$dir/agent.log"
+    rm -f "$dir/agent.pid"
+    exit "$status"
+  fi
+  sleep 5 &
+  wait $! || true
+done
+"""
+
+# systemd where it runs and we are root; otherwise SUPERVISE_SCRIPT, detached from the SSH
+# session, its pid in agent.pid (kill it to stop the agent). Either restarts the agent unless it
+# exits with a final status.
+START_SCRIPT = (
+    """set -e
 dir="$HOME/.remotegpu-agent"
 if [ "$(id -u)" = 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
 then
@@ -223,6 +269,9 @@ Wants=network-online.target
 ExecStart=$dir/venv/bin/remotegpu-agent run --state-dir $dir/state
 Restart=always
 RestartSec=5
+RestartPreventExitStatus="""
+    + AGENT_FINAL_EXIT_STATUSES
+    + """
 
 [Install]
 WantedBy=multi-user.target
@@ -238,27 +287,9 @@ if [ -f "$dir/agent.pid" ] && kill -0 "$(cat "$dir/agent.pid")" 2>/dev/null; the
   sleep 1
 fi
 cat > "$dir/supervise.sh" <<'LOOP'
-#!/bin/sh
-# Keeps remotegpu-agent running: restarts it 5 s after it exits. Stop: kill "$(cat agent.pid)".
-dir="$HOME/.remotegpu-agent"
-echo $$ > "$dir/agent.pid"
-child=
-stop() {
-  if [ -n "$child" ]; then kill "$child" 2>/dev/null; wait "$child"; fi
-  rm -f "$dir/agent.pid"
-  exit 0
-}
-trap stop TERM INT HUP
-while :; do
-  "$dir/venv/bin/remotegpu-agent" run --state-dir "$dir/state" --log-file "$dir/agent.log" \\
-    >/dev/null 2>&1 &
-  child=$!
-  wait "$child" || true
-  child=
-  sleep 5 &
-  wait $! || true
-done
-LOOP
+"""
+    + SUPERVISE_SCRIPT
+    + """LOOP
 chmod 700 "$dir/supervise.sh"
 rm -f "$dir/agent.pid"
 if command -v setsid >/dev/null 2>&1; then
@@ -273,6 +304,7 @@ done
 [ -s "$dir/agent.pid" ] || { echo "the supervisor did not start" >&2; exit 1; }
 echo "started as a background process: supervisor pid $(cat "$dir/agent.pid"), $dir/supervise.sh"
 """
+)
 
 AGENT_LOG_TAIL = 'tail -n 20 "$HOME/.remotegpu-agent/agent.log" 2>/dev/null || true'
 

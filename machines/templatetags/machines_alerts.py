@@ -4,7 +4,12 @@ rule's condition in words."""
 from django import template
 
 from .. import selectors
-from ..services.alerts import alert_condition_text, alert_target_text, format_value
+from ..services.alerts import (
+    alert_condition_text,
+    alert_message_text,
+    alert_target_text,
+    format_value,
+)
 
 register = template.Library()
 
@@ -27,3 +32,8 @@ def alert_target(alert) -> str:
 @register.filter
 def alert_value(alert) -> str:
     return format_value(alert.rule.metric, alert.value)
+
+
+@register.filter
+def alert_message(alert) -> str:
+    return alert_message_text(alert)

@@ -19,7 +19,7 @@ from accounts.choices import NotificationLevel
 from accounts.models import AuditEvent, Notification
 from accounts.tests.factories import OperatorFactory
 from machines.choices import AlertMetric, AlertStatus, Comparison, GPUHealth, HostStatus, Severity
-from machines.models import GPU, Alert, AlertRule
+from machines.models import GPU, Alert, AlertRule, Host
 from machines.services import alerts as alert_services
 from machines.services.alerts import (
     EVENT_FIRING,
@@ -58,9 +58,15 @@ def operators(operator):
 
 @pytest.fixture
 def evaluate(django_capture_on_commit_callbacks):
-    """``evaluate(now)``: one pass, with what it defers to commit (e-mail, webhooks) run."""
+    """``evaluate(now)``: one pass, with what it defers to commit (e-mail, webhooks) run.
+    Hosts that have reported keep reporting up to ``now`` unless ``reporting=False``: a
+    silent host's figures count for nothing."""
 
-    def run(now=None):
+    def run(now=None, reporting=True):
+        if reporting:
+            Host.objects.filter(last_seen_at__isnull=False).update(
+                last_seen_at=now or timezone.now()
+            )
         with django_capture_on_commit_callbacks(execute=True):
             return alerts_evaluate(now)
 
@@ -405,6 +411,59 @@ def test_host_offline_fires_and_resolves_when_the_host_is_back(operators, evalua
     evaluate()
     assert _alert(pk=alert.pk).status == AlertStatus.RESOLVED
     assert Notification.objects.filter(level=NotificationLevel.SUCCESS).count() == len(operators)
+
+
+def test_a_draining_host_that_falls_silent_is_offline_for_alerts(operators, evaluate):
+    """Draining keeps its operator state (offline detection leaves it), but a dead agent under
+    running workloads must still page someone; maintenance is expected to be quiet."""
+    now = timezone.now()
+    quiet = now - timedelta(minutes=5)
+    draining = HostFactory(name="gpu-drain-01", status=HostStatus.DRAINING, last_seen_at=quiet)
+    HostFactory(name="gpu-maint-01", status=HostStatus.MAINTENANCE, last_seen_at=quiet)
+    HostFactory(name="gpu-drain-02", status=HostStatus.DRAINING, last_seen_at=now)
+    rule = _rule(name="Host offline", metric=AlertMetric.HOST_OFFLINE, threshold=0)
+
+    evaluate(now, reporting=False)
+
+    (alert,) = Alert.objects.filter(rule=rule)
+    assert (alert.host, alert.status) == (draining, AlertStatus.FIRING)
+    assert Host.objects.get(pk=draining.pk).status == HostStatus.DRAINING
+
+    evaluate(now + timedelta(seconds=1))  # it reports again
+    assert _alert(pk=alert.pk).status == AlertStatus.RESOLVED
+
+
+def test_a_silent_hosts_frozen_figures_open_no_alert_and_close_none(hot_gpu, evaluate):
+    """The last figures of a host whose agent died stay in its row; they are no data."""
+    now = timezone.now()
+    rule = _rule()
+    Host.objects.filter(pk=hot_gpu.host_id).update(last_seen_at=now - timedelta(minutes=5))
+    evaluate(now, reporting=False)
+    assert not Alert.objects.filter(rule=rule).exists()
+
+    evaluate(now)  # reporting again, still hot
+    assert _alert(rule=rule).status == AlertStatus.FIRING
+    GPU.objects.filter(pk=hot_gpu.pk).update(temperature=40.0)
+    evaluate(now + timedelta(minutes=5), reporting=False)  # cool, but silent: no news
+    assert _alert(rule=rule).status == AlertStatus.FIRING
+
+
+def test_each_operator_is_told_in_their_own_language(hot_gpu, evaluate, mailoutbox):
+    english = OperatorFactory(email="en@example.com", language="en")
+    chinese = OperatorFactory(email="zh@example.com", language="zh-hans")
+    _rule(name="GPU too hot", notify_email=True)
+
+    evaluate()
+
+    notes = {n.user_id: n for n in Notification.objects.all()}
+    assert notes[english.pk].title.startswith("Critical: GPU too hot on gpu-hot-01 GPU 3")
+    assert "92 °C" in notes[english.pk].body
+    assert notes[chinese.pk].title.startswith("严重")
+    assert "92 °C" in notes[chinese.pk].body
+    assert "rule" not in notes[chinese.pk].body
+    mails = {message.to[0]: message for message in mailoutbox}
+    assert mails["zh@example.com"].subject == notes[chinese.pk].title
+    assert mails["en@example.com"].subject == notes[english.pk].title
 
 
 def test_disabled_rules_are_not_evaluated_and_disabling_closes_alerts(hot_gpu, operator, evaluate):

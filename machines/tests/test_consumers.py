@@ -33,10 +33,16 @@ from .factories import GIB, AgentCommandFactory, GPUFactory, host_joined, join_t
 
 PATH = "/agent/ws/"
 TIMEOUT = 3
-T0 = 1_800_000_000.0
+T0 = 1_800_000_000.0  # the agent's clock; each test sets it to now (the server's clock)
 
 # Sockets only see committed rows, and commands and disconnections are sent on commit.
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _agent_clock_in_step(monkeypatch):
+    """Heartbeats carry the agent's time, which the server keeps only within 30 s of its own."""
+    monkeypatch.setitem(globals(), "T0", float(int(time.time())))
 
 
 def _run(coroutine_function):
@@ -50,9 +56,12 @@ class Agent:
         if credential is not None:
             headers = [(b"authorization", f"Bearer {credential}".encode()), *headers]
         self.communicator = WebsocketCommunicator(application, PATH, headers=list(headers))
+        self.accepted = False
 
     async def connect(self):
-        return await self.communicator.connect(timeout=TIMEOUT)
+        result = await self.communicator.connect(timeout=TIMEOUT)
+        self.accepted = result[0]
+        return result
 
     async def send(self, message: protocol.Message):
         await self.communicator.send_to(text_data=protocol.dump(message))
@@ -79,7 +88,10 @@ class Agent:
         return quiet and not self.communicator.future.done()
 
     async def close(self):
-        await self.communicator.disconnect()
+        # Time for an accepted consumer's own goodbye (a database write): cancelling it half-way
+        # through a thread-sensitive call can leave the test's event loop unable to close. A
+        # refused one has nothing to say goodbye with and is cancelled after a second.
+        await self.communicator.disconnect(timeout=10 if self.accepted else 1)
 
 
 async def _connected(credential: str) -> tuple[Agent, protocol.Welcome]:
@@ -114,9 +126,9 @@ def _inventory(*uuids: str) -> protocol.Inventory:
     return protocol.Inventory(facts=_facts(), gpus=gpus, containers=[])
 
 
-def _heartbeat(at: float = T0, *uuids: str) -> protocol.Heartbeat:
+def _heartbeat(at: float | None = None, *uuids: str) -> protocol.Heartbeat:
     return protocol.Heartbeat(
-        time=at,
+        time=T0 if at is None else at,
         cpu_percent=42.0,
         memory_used=100 * GIB,
         memory_total=768 * GIB,
@@ -537,6 +549,35 @@ def test_revocation_closes_the_socket_with_4403_within_a_second(how):
     assert closed == {"type": "websocket.close", "code": 4403}
     assert elapsed < 1
     assert reconnect == (False, 4401)
+    assert Host.objects.get(pk=joined.host.pk).connected is False
+
+
+def test_a_revocation_whose_close_message_was_lost_is_caught_at_the_next_resync(monkeypatch):
+    """Redis restarted (groups wiped) when the operator revoked: the group message never
+    arrives, so the once-a-minute resync checks the credential again and closes the socket
+    instead of joining the group again."""
+    from channels.layers import get_channel_layer
+
+    from machines import consumers
+    from machines.services.realtime import agent_group
+
+    monkeypatch.setattr(consumers, "RESYNC_INTERVAL", 0)  # every heartbeat resyncs
+    joined = host_joined()
+    operator = OperatorFactory()
+
+    async def scenario():
+        agent, _ = await _connected(joined.credential)
+        channel = await database_sync_to_async(
+            lambda: Host.objects.get(pk=joined.host.pk).agent_connection
+        )()
+        await get_channel_layer().group_discard(agent_group(joined.host.pk), channel)
+        await _committed(join_services.credential_revoke, operator=operator, host=joined.host)
+        await agent.send(_heartbeat(T0))
+        closed = await agent.communicator.receive_output(timeout=TIMEOUT)
+        await agent.close()
+        return closed
+
+    assert _run(scenario) == {"type": "websocket.close", "code": 4403}
     assert Host.objects.get(pk=joined.host.pk).connected is False
 
 

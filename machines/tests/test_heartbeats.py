@@ -52,14 +52,16 @@ def _beat(at: float = T0, *gpus, cpu: float = 12.5) -> protocol.Heartbeat:
 
 
 def _pending(host, beat, received_at=None) -> PendingHeartbeat:
-    return PendingHeartbeat(host.pk, beat, received_at or timezone.now())
+    """Received when sent, by default: the agent's clock in step with the server's."""
+    received_at = received_at or datetime.fromtimestamp(beat.time, tz=UTC)
+    return PendingHeartbeat(host.pk, beat, received_at)
 
 
 def test_store_writes_samples_and_latest_figures(db):
     host = HostFactory(cpu_percent=None, last_seen_at=None)
     gpu_a = GPUFactory(host=host, uuid="GPU-a")
     gpu_b = GPUFactory(host=host, uuid="GPU-b")
-    received = timezone.now()
+    received = datetime.fromtimestamp(T0 + 15.2, tz=UTC)
 
     stored = heartbeats_store(
         [
@@ -141,7 +143,7 @@ def test_unknown_or_foreign_gpu_uuids_are_skipped(db):
 def test_a_heartbeat_brings_an_offline_host_back_online(db):
     """Offline detection may have fired while the socket stayed up (a slow flush, a database
     hiccup); the next heartbeat proves the host is there."""
-    offline = HostFactory(status=HostStatus.OFFLINE, status_reason="No heartbeat")
+    offline = HostFactory(status=HostStatus.OFFLINE, status_reason="No heartbeat", connected=False)
     maintenance = HostFactory(status=HostStatus.MAINTENANCE)
     retired = HostFactory(status=HostStatus.RETIRED)
 
@@ -154,7 +156,7 @@ def test_a_heartbeat_brings_an_offline_host_back_online(db):
         retired.pk: HostStatus.RETIRED,
     }
     offline.refresh_from_db()
-    assert offline.status_reason == ""
+    assert (offline.status_reason, offline.connected) == ("", True)
 
 
 @pytest.mark.parametrize("at", [1e300, -1e300, 1e20])
@@ -183,8 +185,8 @@ def _batch(hosts, count: int) -> list[PendingHeartbeat]:
     ]
 
 
-# GPU lookup; savepoint; host and GPU sample inserts; host and GPU figure updates; offline hosts
-# back online; savepoint release.
+# Hosts and GPUs of the batch; savepoint; host and GPU sample inserts; host and GPU figure
+# updates; offline hosts back online; savepoint release.
 FLUSH_QUERIES = 8
 
 
@@ -202,6 +204,52 @@ def test_flush_of_heartbeats_from_10_hosts_takes_a_constant_number_of_queries(
 
     assert HostSample.objects.count() == count
     assert GPUSample.objects.count() == 2 * count
+
+
+@pytest.mark.parametrize(
+    ("agent_offset", "stamped_by_agent", "skewed"),
+    [(0.4, True, False), (-29.0, True, False), (2 * 3600.0, False, True), (-86400.0, False, True)],
+    ids=["in-step", "slightly-ahead", "two-hours-behind", "a-day-ahead"],
+)
+def test_a_clock_far_off_is_replaced_by_the_servers(db, agent_offset, stamped_by_agent, skewed):
+    """An agent without NTP would put its samples where rollups and retention never look;
+    beyond 30 s its samples take the server's time, and the host says how far off it is."""
+    received = timezone.now()
+    agent_time = received.timestamp() - agent_offset
+    host = HostFactory()
+
+    heartbeats_store([_pending(host, _beat(agent_time), received)])
+
+    stored = HostSample.objects.get(host=host).time
+    expected = datetime.fromtimestamp(agent_time, tz=UTC) if stamped_by_agent else received
+    assert abs((stored - expected).total_seconds()) < 1e-3
+    host.refresh_from_db()
+    assert host.clock_offset == pytest.approx(agent_offset, abs=0.1)
+    assert host.clock_skewed is skewed
+
+
+def test_a_deleted_hosts_heartbeats_do_not_cost_the_others_theirs(transactional_db):
+    """A host deleted in the admin keeps its socket until the next resync; its heartbeats are
+    skipped rather than failing the batch that holds every other host's."""
+    alive = HostFactory(last_seen_at=None)
+    GPUFactory(host=alive, uuid="GPU-alive")
+    gone = HostFactory()
+    GPUFactory(host=gone, uuid="GPU-gone")
+    gone_id = gone.pk
+    gone.delete()
+
+    stored = heartbeats_store(
+        [
+            _pending(alive, _beat(T0, _gpu_sample("GPU-alive"))),
+            PendingHeartbeat(gone_id, _beat(T0, _gpu_sample("GPU-gone")), timezone.now()),
+        ]
+    )
+
+    assert stored == 2
+    alive.refresh_from_db()
+    assert alive.last_seen_at is not None
+    assert list(HostSample.objects.values_list("host_id", flat=True)) == [alive.pk]
+    assert list(GPUSample.objects.values_list("gpu__uuid", flat=True)) == ["GPU-alive"]
 
 
 # The batcher ------------------------------------------------------------------------------

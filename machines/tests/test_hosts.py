@@ -182,6 +182,32 @@ def test_inventory_cannot_take_over_another_hosts_gpu(db, caplog):
     assert "GPU-victim" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "status", [HostStatus.OFFLINE, HostStatus.MAINTENANCE, HostStatus.DRAINING]
+)
+def test_a_live_hosts_gpus_stay_with_it_whatever_its_state(db, status):
+    owner, other = HostFactory(status=status), HostFactory()
+    GPUFactory(host=owner, uuid="GPU-1")
+    host_apply_inventory(other, _inventory(_gpu("GPU-1", 0)))
+    assert GPU.objects.get(uuid="GPU-1").host == owner
+
+
+def test_a_machine_joining_again_after_retirement_takes_its_gpus_along(db):
+    """Retire gpu-01, reinstall it, join it as a new host: its GPUs (same UUIDs) now belong to
+    the new host, healthy, instead of staying with the retired row."""
+    retired = HostFactory(name="gpu-01", status=HostStatus.RETIRED)
+    GPUFactory(host=retired, uuid="GPU-real-1", index=0, health=GPUHealth.OK)
+    rejoined = HostFactory(name="gpu-01-reinstalled")
+
+    host_apply_inventory(rejoined, _inventory(_gpu("GPU-real-1", 0), _gpu("GPU-real-2", 1)))
+
+    assert list(rejoined.gpus.order_by("index").values_list("uuid", "health")) == [
+        ("GPU-real-1", GPUHealth.OK),
+        ("GPU-real-2", GPUHealth.OK),
+    ]
+    assert not retired.gpus.exists()
+
+
 def test_long_strings_from_the_agent_are_cut_to_their_columns(db):
     host = HostFactory()
     host_apply_inventory(
@@ -308,7 +334,8 @@ def test_labels_parse(text, labels):
 
 
 @pytest.mark.parametrize(
-    "text", ["gpu", "=a100", "bad key=1", "-leading=1", "k" * 65 + "=v", "k=" + "v" * 101]
+    "text",
+    ["gpu", "=a100", "bad key=1", "-leading=1", "k" * 65 + "=v", "k=" + "v" * 101, "k=a\x00b"],
 )
 def test_labels_parse_refuses_malformed(text):
     with pytest.raises(ValidationError) as excinfo:
@@ -394,26 +421,49 @@ def test_hosts_go_offline_after_three_of_their_own_intervals(db):
     }
     stale.refresh_from_db()
     assert stale.status_reason
+    assert stale.connected is False  # whatever socket it had is dead or hung
     assert stale.status_changed_at == now
     offline.refresh_from_db()
     assert offline.status_changed_at != now
 
 
-def test_operators_are_notified_once_per_host_through_the_offline_alert(db):
-    from machines.models import AlertRule
-    from machines.tasks import host_detect_offline_task
+def test_the_agents_own_interval_beats_the_configured_one(db):
+    """An agent started with ``--heartbeat-interval 60`` on a host configured for 15 s is not
+    offline after 46 s of quiet; one that says 5 s is offline after 16 s."""
+    now = timezone.now()
+    slow_agent = HostFactory(heartbeat_interval=15, last_seen_at=now - timedelta(seconds=46))
+    host_apply_inventory(slow_agent, _inventory(heartbeat_interval=60.0))
+    Host.objects.filter(pk=slow_agent.pk).update(last_seen_at=now - timedelta(seconds=46))
+    fast_agent = HostFactory(heartbeat_interval=15, last_seen_at=now - timedelta(seconds=16))
+    host_apply_inventory(fast_agent, _inventory(heartbeat_interval=5.0))
+    Host.objects.filter(pk=fast_agent.pk).update(last_seen_at=now - timedelta(seconds=16))
+    silent = HostFactory(heartbeat_interval=15, last_seen_at=now - timedelta(seconds=46))
+    host_apply_inventory(silent, _inventory(heartbeat_interval=0.0))  # an older agent
+    Host.objects.filter(pk=silent.pk).update(last_seen_at=now - timedelta(seconds=46))
 
-    # The default rule comes from a data migration; a transactional test earlier in the same
-    # run may have flushed it, so it is made sure of here.
-    AlertRule.objects.get_or_create(
-        name="Host offline",
-        defaults={
-            "metric": "host_offline",
-            "comparison": "gt",
-            "threshold": 0,
-            "severity": "critical",
-        },
+    went = host_mark_offline_stale(now)
+
+    assert {host.pk for host in went} == {fast_agent.pk, silent.pk}
+    slow_agent.refresh_from_db()
+    silent.refresh_from_db()
+    assert (slow_agent.agent_heartbeat_interval, slow_agent.effective_heartbeat_interval) == (
+        60,
+        60,
     )
+    assert (silent.agent_heartbeat_interval, silent.effective_heartbeat_interval) == (None, 15)
+
+
+@pytest.mark.parametrize("interval", [-1.0, protocol.MAX_HEARTBEAT_INTERVAL + 1.0])
+def test_an_interval_out_of_range_is_refused_whole(db, interval):
+    host = HostFactory(cpu_model="")
+    with pytest.raises(protocol.ProtocolError, match="heartbeat_interval"):
+        host_apply_inventory(host, _inventory(heartbeat_interval=interval))
+    host.refresh_from_db()
+    assert (host.cpu_model, host.agent_heartbeat_interval) == ("", None)
+
+
+def test_operators_are_notified_once_per_host_through_the_offline_alert(default_alert_rules):
+    from machines.tasks import host_detect_offline_task
 
     now = timezone.now()
     operators = [OperatorFactory(), OperatorFactory()]

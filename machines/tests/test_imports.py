@@ -493,6 +493,25 @@ def test_api_answers_line_errors_in_the_error_shape(operator, region):
 
 
 @pytest.mark.parametrize(
+    "row",
+    [
+        "gpu-01,10.0.0.1,zone=a\x00b",
+        "gpu-01,10.0.0.1,zone=a\x07b",
+        "gpu-\x0001,10.0.0.1,",
+        "gpu-01,10.0.\x000.1,",
+    ],
+    ids=["nul-in-label", "bell-in-label", "nul-in-name", "nul-in-address"],
+)
+def test_api_answers_control_characters_with_a_line_error(operator, row):
+    text = f"name,address,labels\n{row}\n"
+    response = _operator_api(operator).post(API, text.encode(), content_type="text/csv")
+    assert response.status_code == 400
+    (error,) = response.json()["error"]["fields"]["file"]
+    assert error.startswith("line 2: ")
+    assert not Host.objects.exists()
+
+
+@pytest.mark.parametrize(
     ("kwargs", "field_error"),
     [
         ({"data": {}, "format": "multipart"}, "No file was submitted."),

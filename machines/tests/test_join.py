@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -350,6 +352,66 @@ def test_credential_revoke_revokes_every_credential_of_the_host(operator, owner)
     assert credential_authenticate(second) is None
     assert credential_authenticate(other.credential) is not None
     assert AuditEvent.objects.filter(action=AuditAction.HOST_CREDENTIAL_REVOKED).count() == 1
+
+
+def _live_credentials(host: Host) -> int:
+    return HostCredential.objects.filter(host=host, revoked_at__isnull=True).count()
+
+
+def _waiting_on_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("second", ["rotate", "revoke"])
+def test_concurrent_rotations_and_revocations_take_turns(monkeypatch, second):
+    """The first rotation is held inside its transaction, its new credential written but not
+    committed, while the second runs: the second waits for the host row and then revokes the
+    first's credential instead of missing it."""
+    from accounts.tests.factories import OperatorFactory
+
+    operator = OperatorFactory()
+    host = host_joined().host
+    paused, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def disconnect(host_id, *args):
+        if threading.current_thread().name == "first":
+            paused.set()
+            assert release.wait(10)
+
+    monkeypatch.setattr("machines.services.join.disconnect_agent", disconnect)
+
+    def run(action):
+        try:
+            action(operator=operator, host=Host.objects.get(pk=host.pk))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=run, args=(credential_rotate,), name="first")
+    action = credential_rotate if second == "rotate" else credential_revoke
+    other = threading.Thread(target=run, args=(action,), name="second")
+    first.start()
+    try:
+        assert paused.wait(10)
+        other.start()
+        deadline = time.monotonic() + 10
+        while other.is_alive() and not _waiting_on_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        release.set()
+        first.join(10)
+        if other.ident is not None:
+            other.join(10)
+    assert not errors, errors
+    assert _live_credentials(host) == (1 if second == "rotate" else 0)
 
 
 # API: the agent's join --------------------------------------------------------------------

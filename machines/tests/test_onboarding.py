@@ -5,8 +5,10 @@ tests/integration/test_onboarding_ssh.py)."""
 
 from __future__ import annotations
 
+import configparser
 import io
 import logging
+import os
 import re
 import shlex
 import socket
@@ -30,6 +32,7 @@ from machines.services import onboarding as services
 from machines.services.hosts import host_connected
 from machines.services.join import host_join
 from machines.services.onboarding_ssh import (
+    START_SCRIPT,
     SshSecret,
     host_key_fingerprint,
     private_key_load,
@@ -185,6 +188,64 @@ def test_private_keys_load_with_and_without_passphrase():
         private_key_load("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO not a private key")
 
 
+# What runs on the server ---------------------------------------------------------------------
+
+
+def _heredoc(script: str, opening: str, closing: str) -> str:
+    return script.split(opening + "\n", 1)[1].split("\n" + closing + "\n", 1)[0] + "\n"
+
+
+def test_the_systemd_unit_does_not_restart_a_refused_or_misconfigured_agent():
+    unit = configparser.ConfigParser(interpolation=None)
+    unit.read_string(_heredoc(START_SCRIPT, "<<UNIT", "UNIT"))
+    service = unit["Service"]
+    assert service["Restart"] == "always"
+    assert service["RestartSec"] == "5"
+    assert service["RestartPreventExitStatus"].split() == ["2", "3"]
+    sh = require_executable("sh", "apt-get install dash")
+    subprocess.run([sh, "-n"], input=START_SCRIPT, text=True, check=True, timeout=10)
+
+
+@pytest.mark.parametrize("final", [2, 3])
+def test_the_supervise_loop_restarts_the_agent_until_a_final_status(tmp_path, final):
+    """supervise.sh as START_SCRIPT installs it, with a fake agent that fails once (status 1:
+    restarted) and then exits ``final`` (the loop logs why and ends), and an instant ``sleep``."""
+    sh = require_executable("sh", "apt-get install dash")
+    home = tmp_path / "home"
+    agent_dir = home / ".remotegpu-agent"
+    (agent_dir / "venv" / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    agent = agent_dir / "venv" / "bin" / "remotegpu-agent"
+    agent.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n[ "$(wc -l < {calls})" -ge 2 ] && exit {final}\nexit 1\n'
+    )
+    agent.chmod(0o755)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "sleep").chmod(0o755)
+    supervise = agent_dir / "supervise.sh"
+    supervise.write_text(_heredoc(START_SCRIPT, "<<'LOOP'", "LOOP"))
+
+    result = subprocess.run(
+        [sh, str(supervise)],
+        env={**os.environ, "HOME": str(home), "PATH": f"{fake_bin}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+
+    assert result.returncode == final, result
+    assert (
+        calls.read_text().splitlines()
+        == [f"run --state-dir {agent_dir}/state --log-file {agent_dir}/agent.log"] * 2
+    )
+    assert not (agent_dir / "agent.pid").exists()
+    logged = (agent_dir / "agent.log").read_text()
+    assert f"remotegpu-agent exited with status {final}," in logged
+    assert "not restarting it" in logged
+
+
 def test_the_secret_is_stored_encrypted_and_its_repr_hides_it(db, settings):
     job = _create_without_scan(password=PASSWORD)
     assert job.auth_method == OnboardingAuth.PASSWORD
@@ -257,11 +318,9 @@ def test_the_scan_reads_the_host_key_and_sends_no_secret(ssh_server):
     assert job.secret_encrypted  # kept until the job ends
 
 
-@pytest.mark.django_db(transaction=True)
-def test_an_unreachable_server_fails_the_scan_and_wipes_the_secret():
+def _job_for_a_closed_port(operator):
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-    operator = OperatorFactory()
     job = services.onboarding_create(
         operator=operator,
         name="gone",
@@ -271,6 +330,20 @@ def test_an_unreachable_server_fails_the_scan_and_wipes_the_secret():
         password=PASSWORD,
     )
     job.refresh_from_db()
+    return job
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_jobs_errors_are_written_in_its_operators_language():
+    job = _job_for_a_closed_port(OperatorFactory(language="zh-hans"))
+    assert job.status == S.FAILED
+    assert "failed" not in job.error
+    assert "失败" in job.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_server_fails_the_scan_and_wipes_the_secret():
+    job = _job_for_a_closed_port(OperatorFactory())
     assert job.status == S.FAILED
     assert job.step == "connect"
     assert job.error == "connect failed: the connection was refused"

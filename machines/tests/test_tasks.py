@@ -24,7 +24,7 @@ def test_beat_schedules_every_fleet_task():
         assert task.name in app.tasks
 
 
-def test_host_detect_offline_task(operator):
+def test_host_detect_offline_task(operator, default_alert_rules):
     stale = HostFactory(last_seen_at=timezone.now() - timedelta(minutes=5))
     fresh = HostFactory()
 
