@@ -55,6 +55,18 @@ def operator(db):
 
 
 @pytest.fixture
+def default_alert_rules(db):
+    """The rules a data migration gives every fleet. A transactional test flushes tables, and
+    with them these rows, for the tests that come after it in the same database."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("machines.migrations.0004_default_alert_rules")
+    migration.create_default_alert_rules(apps, None)
+
+
+@pytest.fixture
 def api_client():
     return APIClient()
 

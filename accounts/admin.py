@@ -40,12 +40,12 @@ def _set_users_active(request, queryset, active: bool):
 class UserAdmin(DjangoUserAdmin):
     ordering = ["email"]
     list_display = ["email", "name", "is_active", "is_staff", "last_login", "date_joined"]
-    list_filter = ["is_active", "is_staff", "is_superuser", "date_joined"]
+    list_filter = ["is_active", "is_staff", "is_superuser", "language", "date_joined"]
     search_fields = ["email", "name"]
     readonly_fields = ["last_login", "date_joined"]
     fieldsets = [
         (None, {"fields": ["email", "password"]}),
-        (_("Personal"), {"fields": ["name", "current_organization"]}),
+        (_("Personal"), {"fields": ["name", "current_organization", "language"]}),
         (_("Permissions"), {"fields": ["is_active", "is_staff", "is_superuser", "groups"]}),
         (_("Dates"), {"fields": ["last_login", "date_joined"]}),
     ]

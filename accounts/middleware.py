@@ -1,3 +1,6 @@
+from django.conf import settings
+from django.utils import translation
+
 from .choices import Role
 from .models import Membership
 
@@ -34,4 +37,24 @@ class CurrentOrganizationMiddleware:
     def __call__(self, request):
         request.membership_role = None
         request.organization = _resolve(request)
+        return self.get_response(request)
+
+
+class UserLanguageMiddleware:
+    """A signed-in user's remembered language on a browser that has not chosen one (no
+    language cookie): after ``LocaleMiddleware`` and ``AuthenticationMiddleware``."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = request.user
+        if (
+            user.is_authenticated
+            and user.language
+            and settings.LANGUAGE_COOKIE_NAME not in request.COOKIES
+            and user.language != request.LANGUAGE_CODE
+        ):
+            translation.activate(user.language)
+            request.LANGUAGE_CODE = user.language
         return self.get_response(request)

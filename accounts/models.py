@@ -52,6 +52,16 @@ class User(AbstractUser):
         blank=True,
         related_name="+",
     )
+    language = models.CharField(
+        _("language"),
+        max_length=10,
+        blank=True,
+        choices=settings.LANGUAGES,
+        help_text=_(
+            "The language of the pages on a new browser, and of e-mails and notifications. "
+            "Set by the language switch; empty means the site's default."
+        ),
+    )
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"

@@ -13,6 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
+from django.views.i18n import set_language
 
 from remotegpu.core.errors import ApplicationError, NotFound
 from remotegpu.core.forms import style_widgets
@@ -36,6 +37,7 @@ from .services import organizations as organization_services
 from .services import ssh_keys as ssh_key_services
 from .services import tokens as token_services
 from .services.ssh_keys import ssh_keygen_line
+from .services.users import user_set_language
 
 PAGE_SIZE = 50
 INVITATION_SESSION_KEY = "invitation_key"
@@ -53,6 +55,16 @@ def _is_manager(request) -> bool:
 
 def _page(request, queryset):
     return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+
+
+@require_POST
+def language_set(request):
+    """Django's language switch, which also remembers the choice for a signed-in user: their next
+    browser starts in it, and their e-mails and notifications are written in it."""
+    response = set_language(request)
+    if request.user.is_authenticated:
+        user_set_language(request.user, request.POST.get("language", ""))
+    return response
 
 
 @login_required

@@ -3,6 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from accounts import views as accounts_views
 from machines import prometheus
 from machines.onboarding_views import agent_wheel_download
 from remotegpu.core import views as core_views
@@ -13,7 +14,7 @@ urlpatterns = [
     path("metrics", prometheus.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
-    path("i18n/", include("django.conf.urls.i18n")),
+    path("i18n/setlang/", accounts_views.language_set, name="set_language"),
     path("api/v1/", include("remotegpu.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -131,18 +131,20 @@ def _schemathesis(url: str, token: str, *selection: str, cwd: Path, timeout: int
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.timeout(180)
+# Generous limits: on the 2-core CI machine a run takes about half of them, and a busy machine
+# must not fail a run that finds nothing wrong.
+@pytest.mark.timeout(420)
 def test_api_survives_generated_input(live_server, owner_token, tmp_path):
     assert SCHEMATHESIS.exists(), f"{SCHEMATHESIS} is missing: pip install -e '.[dev]'"
     url = f"{live_server.url}/api/schema/"
     _schemathesis(
-        url, owner_token.plaintext, "--exclude-name", TOKEN_REVOKE, cwd=tmp_path, timeout=130
+        url, owner_token.plaintext, "--exclude-name", TOKEN_REVOKE, cwd=tmp_path, timeout=330
     )
     # The run really signed in and reached the operations: an unauthenticated run would
     # "pass" on nothing but 401s.
     assert APIToken.objects.get(pk=owner_token.token.pk).last_used_at is not None
     _schemathesis(
-        url, owner_token.plaintext, "--include-name", TOKEN_REVOKE, cwd=tmp_path, timeout=40
+        url, owner_token.plaintext, "--include-name", TOKEN_REVOKE, cwd=tmp_path, timeout=60
     )
 
 
@@ -187,7 +189,7 @@ def operator_token(transactional_db) -> IssuedToken:
     return token_create(user=operator, name="fuzzer", write_enabled=True)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(360)
 def test_fleet_api_survives_generated_input_as_an_operator(live_server, operator_token, tmp_path):
     url = f"{live_server.url}/api/schema/"
     _schemathesis(
@@ -196,6 +198,6 @@ def test_fleet_api_survives_generated_input_as_an_operator(live_server, operator
         "--include-path-regex",
         FLEET_PATHS,
         cwd=tmp_path,
-        timeout=150,
+        timeout=330,
     )
     assert APIToken.objects.get(pk=operator_token.token.pk).last_used_at is not None

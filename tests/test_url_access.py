@@ -23,12 +23,15 @@ from allauth.account.forms import default_token_generator
 from allauth.account.models import EmailAddress, EmailConfirmationHMAC
 from allauth.account.utils import user_pk_to_url_str
 from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
+from allauth.usersessions.models import UserSession
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from django.apps import apps
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
+from django.contrib.sessions.backends.db import SessionStore
 from django.urls import URLResolver, get_resolver, resolve, reverse
 from django.utils import timezone
 from django.utils.regex_helper import normalize
@@ -223,6 +226,7 @@ ADMIN_OBJECTS = {
     "accounts.notification": "notification",
     "account.emailaddress": "email_address",
     "mfa.authenticator": "authenticator",
+    "usersessions.usersession": "user_session",
     # Groups belong to no organisation; the object is filled so the routes are still walked.
     "auth.group": "group",
     # The fleet belongs to no organisation either; the admin is operators' only.
@@ -311,6 +315,7 @@ def world(db) -> World:
     )
     unverified = EmailAddress.objects.create(user=member, email="mia.alt@acme.test")
     authenticator = RecoveryCodes.activate(member).instance
+    user_session = _signed_in_elsewhere(member)
 
     outsider = UserFactory(email="otto@borealis.test", name="Otto Outsider")
     organization_create(user=outsider, name="Borealis Labs", slug="borealis")
@@ -329,6 +334,7 @@ def world(db) -> World:
         "email_address": EmailAddress.objects.get(user=member, primary=True),
         "unverified_email": unverified,
         "authenticator": authenticator,
+        "user_session": user_session,
         "group": Group.objects.create(name="operators-on-call"),
         **fleet.objects,
     }
@@ -569,12 +575,32 @@ def _assert_admin_refuses(route, method, url, response) -> None:
         _assert_login_redirect(route, method, url, response, reverse("admin:login"))
 
 
+def _signed_in_elsewhere(user: User) -> UserSession:
+    """A live session of ``user`` on another browser, as allauth tracks it at sign-in: a real
+    session row, so the sessions page keeps it rather than purging it."""
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.create()
+    return UserSession.objects.create(
+        user=user, session_key=store.session_key, ip="198.51.100.7", user_agent="Firefox/140.0"
+    )
+
+
 def _table_fingerprint(ignore_logout_of: User | None = None) -> dict[str, tuple[int, str]]:
     """Row count and a hash of every row of the accounts and machines tables (and allauth's and
     auth's)."""
     state = {}
     for model in apps.get_models():
-        if model._meta.app_label not in {"accounts", "machines", "account", "mfa", "auth"}:
+        if model._meta.app_label not in {
+            "accounts",
+            "machines",
+            "account",
+            "mfa",
+            "auth",
+            "usersessions",
+        }:
             continue
         queryset = model._base_manager.order_by("pk")
         if model is AuditEvent and ignore_logout_of is not None:

@@ -9,7 +9,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from remotegpu.core.errors import Conflict, NotFound, PermissionDenied, ValidationError
@@ -19,6 +19,7 @@ from ..models import Invitation, Membership, Organization, User
 from .audit import audit_record
 from .notifications import notification_create
 from .organizations import membership_add, membership_require_role
+from .users import user_language
 
 
 def _digest(key: str) -> str:
@@ -175,10 +176,14 @@ def invitation_accept(*, user: User, key: str) -> Membership:
         target=invitation,
     )
     if invitation.invited_by_id:
+        with translation.override(user_language(invitation.invited_by)):
+            title = _("%(email)s joined %(organization)s") % {
+                "email": user.email,
+                "organization": invitation.organization.name,
+            }
         notification_create(
             invitation.invited_by,
-            _("%(email)s joined %(organization)s")
-            % {"email": user.email, "organization": invitation.organization.name},
+            title,
             organization=invitation.organization,
             url=reverse("accounts:member_list"),
         )

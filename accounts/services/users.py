@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.db import transaction
 from django.utils import timezone
@@ -49,3 +50,26 @@ def user_set_active(*, operator: User, user: User, active: bool) -> None:
         actor=operator,
         target=user,
     )
+
+
+def user_set_language(user: User, language: str) -> bool:
+    """Remember the language ``user`` chose; False (nothing stored) for one the site lacks."""
+    if language not in dict(settings.LANGUAGES):
+        return False
+    if user.language != language:
+        user.language = language
+        user.save(update_fields=["language"])
+    return True
+
+
+def user_language(user: User) -> str:
+    """The language to write to ``user`` in when no request says (e-mails, notifications)."""
+    return user.language or settings.LANGUAGE_CODE
+
+
+def users_by_language(users) -> dict[str, list[User]]:
+    """``users`` grouped by the language to write to them in, for texts made once per language."""
+    groups: dict[str, list[User]] = {}
+    for user in users:
+        groups.setdefault(user_language(user), []).append(user)
+    return groups

@@ -8,7 +8,9 @@ from allauth.account.models import EmailAddress
 from allauth.mfa import app_settings as mfa_settings
 from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import SECRET_SESSION_KEY, format_hotp_value, hotp_value
+from allauth.usersessions.models import UserSession
 from django.core import mail
+from django.test import Client
 from django.urls import reverse
 
 from accounts.models import User
@@ -170,13 +172,40 @@ def test_bad_password_reset_token_renders_in_layout(client, db):
 
 
 @pytest.mark.parametrize(
-    "url_name", ["account_email", "account_change_password", "mfa_index", "account_logout"]
+    "url_name",
+    [
+        "account_email",
+        "account_change_password",
+        "mfa_index",
+        "usersessions_list",
+        "account_logout",
+    ],
 )
 def test_manage_pages_render_in_portal_layout(client, db, url_name):
     signed_in_client(client, UserFactory())
     html = assert_in_portal_layout(client.get(reverse(url_name)), layout="manage")
     assert 'data-testid="account-settings-nav"' in html
     assert 'data-testid="main-nav"' in html
+
+
+def test_sessions_page_lists_each_sign_in_and_signs_the_others_out(client, db):
+    user = UserFactory()
+    laptop, phone = Client(HTTP_USER_AGENT="Laptop/1.0"), Client(HTTP_USER_AGENT="Phone/2.0")
+    signed_in_client(laptop, user)
+    signed_in_client(phone, user)
+    assert UserSession.objects.filter(user=user).count() == 2
+
+    html = assert_in_portal_layout(laptop.get(reverse("usersessions_list")), layout="manage")
+    assert "Laptop/1.0" in html
+    assert "Phone/2.0" in html
+
+    response = laptop.post(reverse("usersessions_list"))
+    assert response.status_code == 302
+    assert phone.get(reverse("accounts:dashboard")).status_code == 302  # signed out
+    assert laptop.get(reverse("accounts:dashboard")).status_code == 200
+    assert list(UserSession.objects.filter(user=user).values_list("user_agent", flat=True)) == [
+        "Laptop/1.0"
+    ]
 
 
 def test_email_page_lists_addresses_with_badges_and_adds_one(client, db):

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    "allauth.usersessions",
     "remotegpu.core",
     "accounts",
     "machines",
@@ -79,6 +80,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "accounts.middleware.UserLanguageMiddleware",
     "remotegpu.core.middleware.RequestContextMiddleware",
     "accounts.middleware.CurrentOrganizationMiddleware",
 ]
