@@ -235,7 +235,8 @@ INVITATION_EXPIRY_DAYS = 7
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels-redis's layer with a receive that ends when cancelled (see the module).
+        "BACKEND": "remotegpu.core.channel_layers.RedisChannelLayer",
         # redis-py 8 defaults would break the layer under real load: reads time out after 5 s,
         # exactly channels-redis's BZPOPMIN wait, and a pool holds at most 100 connections, so
         # a reconnect storm of agents (each joins a group on connect) fails with "Too many
