@@ -35,6 +35,9 @@ JOIN_PATH = "/api/v1/agent/join/"
 JOIN_TIMEOUT = 30
 
 
+TOKEN_FROM_STDIN = "-"  # noqa: S105 - not a token: `--token -` reads it from standard input
+
+
 def _fail(message: str, status: int = EXIT_CONFIG) -> int:
     print(f"remotegpu-agent: {message}", file=sys.stderr)
     return status
@@ -85,8 +88,13 @@ def command_join(args: argparse.Namespace) -> int:
     server = args.server.rstrip("/")
     if urllib.parse.urlsplit(server).scheme not in ("http", "https"):
         return _fail(f"--server must be an http:// or https:// URL, not {args.server!r}")
+    token = args.token
+    if args.token == TOKEN_FROM_STDIN:  # out of the process list
+        token = sys.stdin.readline().strip()
+        if not token:
+            return _fail("--token -: no token on standard input")
     name = args.name or socket.gethostname()
-    body = json.dumps({"token": args.token, "name": name, "facts": asdict(host_facts())})
+    body = json.dumps({"token": token, "name": name, "facts": asdict(host_facts())})
     request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
         server + JOIN_PATH,
         data=body.encode(),
@@ -379,7 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         "join", parents=[common], help="trade a join token for this host's credential"
     )
     join.add_argument("--server", required=True, help="the control plane's URL")
-    join.add_argument("--token", required=True, help="a join token from an operator")
+    join.add_argument(
+        "--token",
+        required=True,
+        help="a join token from an operator, or - to read it from standard input (which keeps "
+        "it out of the process list)",
+    )
     join.add_argument("--name", help="the host's name (default: the hostname)")
     join.set_defaults(handler=command_join)
 

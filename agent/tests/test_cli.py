@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import stat
@@ -110,6 +111,23 @@ def test_join_names_the_host_after_its_hostname_by_default(join_server, tmp_path
     server = join_server(201, JOINED)
     assert main(["join", "--server", server.url, "--token", "t", "--state-dir", str(tmp_path)]) == 0
     assert server.requests[0]["body"]["name"] == socket.gethostname()
+
+
+def test_join_reads_the_token_from_standard_input(join_server, tmp_path, monkeypatch, capsys):
+    server = join_server(201, JOINED)
+    monkeypatch.setattr("sys.stdin", io.StringIO("rjt_from_stdin\n"))
+    arguments = ["--server", server.url, "--token", "-", "--state-dir", str(tmp_path)]
+    assert main(["join", *arguments]) == 0, capsys.readouterr().err
+    assert server.requests[0]["body"]["token"] == "rjt_from_stdin"
+
+
+def test_join_with_nothing_on_standard_input_exits_2(join_server, tmp_path, monkeypatch, capsys):
+    server = join_server(201, JOINED)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    arguments = ["--server", server.url, "--token", "-", "--state-dir", str(tmp_path)]
+    assert main(["join", *arguments]) == 2
+    assert "no token on standard input" in capsys.readouterr().err
+    assert server.requests == []
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,9 @@ class _Run:
         if self.ssh is not None:
             self.ssh.close()
 
-    def _run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
+    def _run(
+        self, command: str, timeout: float = COMMAND_TIMEOUT, stdin: str = ""
+    ) -> tuple[int, str]:
         output: list[str] = []
 
         def collect(text: str) -> None:
@@ -295,15 +297,15 @@ class _Run:
             self.progress.output(text)
 
         try:
-            status = self.ssh.run(command, timeout=timeout, on_output=collect)
+            status = self.ssh.run(command, timeout=timeout, on_output=collect, stdin=stdin)
         except CommandTimedOut:
             raise StepFailed(_("timed out after %(seconds)s s") % {"seconds": timeout}) from None
         except CONNECT_ERRORS as exc:
             raise StepFailed(_("the SSH connection was lost: %(error)s") % {"error": exc}) from exc
         return status, self.progress.redact("".join(output))
 
-    def _checked(self, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
-        status, output = self._run(command, timeout)
+    def _checked(self, command: str, timeout: float = COMMAND_TIMEOUT, stdin: str = "") -> str:
+        status, output = self._run(command, timeout, stdin)
         if status != 0:
             raise StepFailed(_command_failed(status, output))
         return output
@@ -397,11 +399,9 @@ class _Run:
         except ApplicationError as exc:
             raise StepFailed(str(exc.message)) from exc
         self.progress.secrets.append(issued.plaintext)
-        script = shell_script(
-            JOIN_SCRIPT, server_url=self.server_url, token=issued.plaintext, name=job.name
-        )
+        script = shell_script(JOIN_SCRIPT, server_url=self.server_url, name=job.name)
         try:
-            self._checked(script)
+            self._checked(script, stdin=issued.plaintext + "\n")
         except StepFailed:
             join_token_revoke(operator=job.created_by, join_token=issued.join_token)
             raise

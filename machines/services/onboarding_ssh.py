@@ -154,15 +154,27 @@ class SshConnection:
         if not self.transport.is_authenticated():
             raise AuthenticationFailed
 
-    def run(self, command: str, *, timeout: float, on_output: Callable[[str], None]) -> int:
-        """Run ``command`` (through the user's shell), streaming stdout and stderr; its exit
-        status. CommandTimedOut after ``timeout`` seconds."""
+    def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        on_output: Callable[[str], None],
+        stdin: str = "",
+    ) -> int:
+        """Run ``command`` (through the user's shell) with ``stdin`` on its standard input,
+        then end of file, streaming stdout and stderr; its exit status. CommandTimedOut after
+        ``timeout`` seconds. Secrets go on stdin: the command line is in the server's process
+        list for anyone there to read."""
         deadline = time.monotonic() + timeout
         channel = self.transport.open_session(timeout=CONNECT_TIMEOUT)
         try:
             channel.set_combine_stderr(True)
             channel.settimeout(1.0)
             channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin.encode())
+            channel.shutdown_write()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             while True:
                 try:
@@ -201,9 +213,10 @@ python3 -m venv "$dir/venv"
 "$dir/venv/bin/remotegpu-agent" version
 """
 
+# The join token comes on standard input (``--token -``), never on a command line.
 JOIN_SCRIPT = """set -e
 dir="$HOME/.remotegpu-agent"
-"$dir/venv/bin/remotegpu-agent" join --server "$server_url" --token "$token" \\
+"$dir/venv/bin/remotegpu-agent" join --server "$server_url" --token - \\
   --name "$name" --state-dir "$dir/state"
 """
 

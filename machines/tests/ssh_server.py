@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from django.db import connections
 
-Responder = Callable[[str], tuple[int, str]]
+# (command, what the client sent on its standard input) -> (exit status, output)
+Responder = Callable[[str, str], tuple[int, str]]
 
 
 def ed25519_key() -> paramiko.Ed25519Key:
@@ -122,7 +123,8 @@ class FakeSshServer:
 
     def answer(self, channel: paramiko.Channel, command: str) -> None:
         try:
-            status, output = self.respond(command)
+            stdin = channel.makefile("rb").read().decode()  # until the client's EOF
+            status, output = self.respond(command, stdin)
             if output:
                 channel.sendall(output.encode())
             channel.send_exit_status(status)

@@ -62,15 +62,18 @@ class FakeHost:
     def __init__(self):
         self.python = "(3, 11)"
         self.docker = True
-        self.failures: dict = {}  # step -> (status, output), or a function of the command
+        # step -> (status, output), or a function of the command and its standard input
+        self.failures: dict = {}
+        self.stdin: dict[str, str] = {}  # step -> what its command was given on stdin
         self.comes_online = True
 
-    def __call__(self, command: str) -> tuple[int, str]:
+    def __call__(self, command: str, stdin: str) -> tuple[int, str]:
         step = self._step(command)
+        self.stdin[step] = stdin
         if step in self.failures:
             failure = self.failures[step]
-            return failure(command) if callable(failure) else failure
-        return getattr(self, f"_{step}")(command)
+            return failure(command, stdin) if callable(failure) else failure
+        return getattr(self, f"_{step}")(command, stdin)
 
     @staticmethod
     def _step(command: str) -> str:
@@ -86,31 +89,31 @@ class FakeHost:
             return "start"
         return "log"
 
-    def _check_python(self, command):
+    def _check_python(self, command, stdin):
         return 0, self.python + "\n"
 
-    def _check_docker(self, command):
+    def _check_docker(self, command, stdin):
         if self.docker:
             return 0, "Docker version 27.1.1, build 6312585\n"
         return 127, "sh: 1: docker: not found\n"
 
-    def _install_agent(self, command):
+    def _install_agent(self, command, stdin):
         url = _variable(command, "wheel_url")
         return 0, f"Processing {url}\nSuccessfully installed remotegpu-agent-0.1.0\n"
 
-    def _join(self, command):
-        token, name = _variable(command, "token"), _variable(command, "name")
+    def _join(self, command, stdin):
+        token, name = stdin.strip(), _variable(command, "name")
         joined = host_join(token=token, name=name)
         # An agent that echoed its token: the stored output must not show it.
         return 0, f"joined as {joined.host.name} (host {joined.host.pk}) with {token}\n"
 
-    def _start(self, command):
+    def _start(self, command, stdin):
         if self.comes_online:
             for host in Host.objects.filter(status=HostStatus.PENDING):
                 host_connected(host, "fake-agent")
         return 0, "started as a background process: supervisor pid 4242\n"
 
-    def _log(self, command):
+    def _log(self, command, stdin):
         return 0, "agent: cannot reach the server\n"
 
 
@@ -355,7 +358,9 @@ def test_an_unreachable_server_fails_the_scan_and_wipes_the_secret():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_confirmed_job_runs_every_step_and_ends_with_the_host_online(ssh_server, caplog):
+def test_a_confirmed_job_runs_every_step_and_ends_with_the_host_online(
+    ssh_server, fake_host, caplog
+):
     caplog.set_level(logging.DEBUG)
     job = _create(ssh_server)
     job.refresh_from_db()
@@ -387,6 +392,11 @@ def test_a_confirmed_job_runs_every_step_and_ends_with_the_host_online(ssh_serve
     assert "joined as gpu-new-01" in join_output
     assert "[hidden]" in join_output
     assert "rjt_" not in join_output
+    # The token went on the join command's standard input, on no command line (which anyone on
+    # the server could read in its process list).
+    assert fake_host.stdin["join"].startswith("rjt_")
+    assert not any("rjt_" in command for command in ssh_server.commands)
+    assert fake_host.stdin["install_agent"] == ""
     assert "pid 4242" in _step(job, "start")["output"]
     assert "online" in _step(job, "verify")["output"]
 
@@ -474,9 +484,9 @@ def test_a_failed_install_names_the_step_and_the_last_line(ssh_server, fake_host
 
 @pytest.mark.django_db(transaction=True)
 def test_a_refused_join_revokes_its_token_and_hides_it(ssh_server, fake_host):
-    fake_host.failures["join"] = lambda command: (
+    fake_host.failures["join"] = lambda command, stdin: (
         2,
-        f"remotegpu-agent: join refused for {_variable(command, 'token')}\n",
+        f"remotegpu-agent: join refused for {stdin.strip()}\n",
     )
     job = _create(ssh_server)
     job.refresh_from_db()
