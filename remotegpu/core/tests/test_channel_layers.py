@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -18,10 +19,8 @@ def _layer() -> RedisChannelLayer:
 async def _lose_a_cancellation() -> None:
     """What Python 3.11's wait_for does when a cancel meets the result it waited for."""
     asyncio.current_task().cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await asyncio.sleep(0)
-    except asyncio.CancelledError:
-        pass
 
 
 def test_a_receive_raises_the_cancellation_its_task_lost():
