@@ -152,13 +152,14 @@ class GPU(TimeStampedModel):
     health = models.CharField(
         _("health"), max_length=16, choices=GPUHealth.choices, default=GPUHealth.OK, db_index=True
     )
-    # Latest heartbeat figures.
+    # Latest heartbeat figures; NULL before the first heartbeat and for a figure the GPU or its
+    # driver cannot give (unknown, never 0).
     utilization = models.FloatField(_("utilisation %"), null=True, blank=True)
     memory_used = models.BigIntegerField(_("memory used"), null=True, blank=True)
     temperature = models.FloatField(_("temperature °C"), null=True, blank=True)
     power_draw = models.FloatField(_("power W"), null=True, blank=True)
     power_limit = models.FloatField(_("power limit W"), null=True, blank=True)
-    ecc_errors = models.BigIntegerField(_("ECC errors"), default=0)
+    ecc_errors = models.BigIntegerField(_("ECC errors"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("GPU")
@@ -285,15 +286,16 @@ class HostFigures(models.Model):
 
 
 class GPUFigures(models.Model):
-    """One GPU's figures at (or averaged over) ``time``."""
+    """One GPU's figures at (or averaged over) ``time``. NULL: a figure the GPU or its driver
+    cannot give (no temperature sensor, power on some boards, ECC on consumer cards)."""
 
     gpu = models.ForeignKey(GPU, on_delete=models.CASCADE, related_name="+")
     time = models.DateTimeField(db_index=True)
-    utilization = models.FloatField()
+    utilization = models.FloatField(null=True)
     memory_used = models.BigIntegerField()
-    temperature = models.FloatField()
-    power_draw = models.FloatField()
-    ecc_errors = models.BigIntegerField(default=0)
+    temperature = models.FloatField(null=True)
+    power_draw = models.FloatField(null=True)
+    ecc_errors = models.BigIntegerField(null=True)
 
     class Meta:
         abstract = True

@@ -216,10 +216,13 @@ class FleetCollector:
             if health == GPUHealth.LOST:
                 continue  # its last figures are stale: the host no longer reports this GPU
             labels = [host, str(index), uuid, model]
+            # None: no heartbeat yet, or a figure the GPU or driver cannot give. No sample
+            # at all, rather than an invented 0.
             for family, value in zip(families.values(), figures, strict=True):
                 if value is not None:
                     family.add_metric(labels, value)
-            ecc.add_metric(labels, ecc_errors)
+            if ecc_errors is not None:
+                ecc.add_metric(labels, ecc_errors)
         gpus = GaugeMetricFamily(
             "remotegpu_gpus", "GPUs by model and health.", labels=["model", "health"]
         )

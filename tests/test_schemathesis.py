@@ -173,6 +173,11 @@ def operator_token(transactional_db) -> IssuedToken:
     GPUSample.objects.create(
         gpu=gpu, time=now, utilization=50, memory_used=1, temperature=60, power_draw=100
     )
+    # A GPU whose driver gives no temperature, power, utilisation or ECC: nulls in responses.
+    blind = GPUFactory(host=joined.host, memory_used=1)
+    GPUSample.objects.create(
+        gpu=blind, time=now, utilization=None, memory_used=1, temperature=None, power_draw=None
+    )
     rule = AlertRule.objects.create(name="fuzzed rule", metric="gpu_temperature", threshold=50)
     for status in (AlertStatus.FIRING, AlertStatus.RESOLVED):
         Alert.objects.create(

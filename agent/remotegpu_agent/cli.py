@@ -302,6 +302,11 @@ def _gib(value: int) -> str:
     return f"{value / 2**30:.1f} GiB"
 
 
+def _figure(value: float | None, unit: str = "") -> str:
+    """A figure for the table; "n/a" when the GPU or driver cannot give it (``None``)."""
+    return "n/a" if value is None else f"{value:.0f}{unit}"
+
+
 def command_gpus(args: argparse.Namespace) -> int:
     """What the GPU back end sees on this host now: the check to run before ``join``."""
     logging.basicConfig(level=logging.WARNING, format="remotegpu-agent: %(message)s")
@@ -342,10 +347,10 @@ def command_gpus(args: argparse.Namespace) -> int:
             print("    no figures: the GPU did not answer")
             continue
         print(
-            f"    utilisation {sample.utilization:.0f} %, memory used "
-            f"{_gib(sample.memory_used)}, {sample.temperature:.0f} °C, power "
-            f"{sample.power_draw:.0f} / {sample.power_limit:.0f} W, ECC errors "
-            f"{sample.ecc_errors}, processes {sample.processes}"
+            f"    utilisation {_figure(sample.utilization, ' %')}, memory used "
+            f"{_gib(sample.memory_used)}, temperature {_figure(sample.temperature, ' °C')}, "
+            f"power {_figure(sample.power_draw)} / {_figure(sample.power_limit, ' W')}, "
+            f"ECC errors {_figure(sample.ecc_errors)}, processes {sample.processes}"
         )
     return 0
 

@@ -105,7 +105,8 @@ class NvmlBackend(GPUBackend):
         """A figure some GPUs or drivers cannot give: ECC on consumer cards, power on some
         boards, utilisation under MIG, process lists from a driver older than pynvml
         (FunctionNotFound), a field the agent may not read (NoPermission). The figure takes
-        ``default`` and the reason is logged once; a lost GPU still raises, so it drops out."""
+        ``default`` (``None`` for a measurement: unknown) and the reason is logged once; a lost
+        GPU still raises, so it drops out."""
         try:
             return call(*args)
         except self._nvml.NVMLError_GpuIsLost:
@@ -166,11 +167,12 @@ class NvmlBackend(GPUBackend):
         return gpus
 
     def _sample_one(self, handle) -> GPUSample:
+        """A figure the GPU or driver refuses is ``None`` (unknown), never an invented 0."""
         nvml = self._nvml
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         utilization = self._optional(None, nvml.nvmlDeviceGetUtilizationRates, handle)
         ecc = self._optional(
-            0,
+            None,
             nvml.nvmlDeviceGetTotalEccErrors,
             handle,
             nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
@@ -178,18 +180,20 @@ class NvmlBackend(GPUBackend):
         )
         pids = self._running_pids(handle, "Compute") | self._running_pids(handle, "Graphics")
         temperature = self._optional(
-            0, nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU
+            None, nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU
         )
+        power_draw = self._optional(None, nvml.nvmlDeviceGetPowerUsage, handle)
+        power_limit = self._optional(None, nvml.nvmlDeviceGetEnforcedPowerLimit, handle)
         return GPUSample(
             uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-            utilization=float(utilization.gpu if utilization is not None else 0),
+            utilization=None if utilization is None else float(utilization.gpu),
             memory_used=int(memory.used),
             memory_total=int(memory.total),
-            temperature=float(temperature),
+            temperature=None if temperature is None else float(temperature),
             # NVML speaks milliwatts.
-            power_draw=self._optional(0, nvml.nvmlDeviceGetPowerUsage, handle) / 1000,
-            power_limit=self._optional(0, nvml.nvmlDeviceGetEnforcedPowerLimit, handle) / 1000,
-            ecc_errors=int(ecc),
+            power_draw=None if power_draw is None else power_draw / 1000,
+            power_limit=None if power_limit is None else power_limit / 1000,
+            ecc_errors=None if ecc is None else int(ecc),
             processes=len(pids),
         )
 

@@ -58,16 +58,18 @@ class GPUInfo:
 
 @dataclass
 class GPUSample:
-    """A GPU's figures at one moment (heartbeat)."""
+    """A GPU's figures at one moment (heartbeat). A figure that is ``None`` is one the GPU or
+    its driver cannot give (no temperature sensor, power on some boards, utilisation under MIG,
+    ECC on consumer cards): unknown, which is not 0."""
 
     uuid: str
-    utilization: float  # percent, 0-100
+    utilization: float | None  # percent, 0-100
     memory_used: int  # bytes
     memory_total: int  # bytes
-    temperature: float  # degrees Celsius
-    power_draw: float  # watts
-    power_limit: float  # watts
-    ecc_errors: int = 0
+    temperature: float | None  # degrees Celsius
+    power_draw: float | None  # watts
+    power_limit: float | None  # watts
+    ecc_errors: int | None = 0
     processes: int = 0
 
 
@@ -189,24 +191,30 @@ _SCALARS = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
 
 @functools.cache
-def _scalar_type(expected: type | str) -> tuple[str, Any]:
-    annotation = expected if isinstance(expected, str) else expected.__name__
-    return annotation, _SCALARS.get(annotation.split("|")[0].strip())
+def _scalar_type(expected: type | str) -> tuple[str, Any, bool]:
+    """``"float | None"`` -> ("float", (int, float), True): the scalar and whether null is
+    accepted."""
+    text = expected if isinstance(expected, str) else expected.__name__
+    parts = [part.strip() for part in text.split("|")]
+    nullable = "None" in parts
+    annotation = next((part for part in parts if part != "None"), text)
+    return annotation, _SCALARS.get(annotation), nullable
 
 
 def _coerce(cls, name: str, value: Any, expected: type | str) -> Any:
-    """Check one scalar against its annotation; ints are accepted where floats are expected."""
-    annotation, python_type = _scalar_type(expected)
-    if python_type is None:
+    """Check one scalar against its annotation; ints are accepted where floats are expected,
+    null only where the annotation says ``| None``."""
+    annotation, python_type, nullable = _scalar_type(expected)
+    if python_type is None or (value is None and nullable):
         return value
+    # Payload pieces (GPUSample, HostFacts) have no ``type``: they are named by their class.
+    where = f"{getattr(cls, 'type', '') or cls.__name__}.{name}"
     if isinstance(value, bool) and annotation != "bool":
-        raise ProtocolError(f"{cls.type or cls.__name__}.{name}: expected {annotation}, got bool")
+        raise ProtocolError(f"{where}: expected {annotation}, got bool")
     if not isinstance(value, python_type):
-        raise ProtocolError(
-            f"{cls.type or cls.__name__}.{name}: expected {annotation}, got {type(value).__name__}"
-        )
+        raise ProtocolError(f"{where}: expected {annotation}, got {type(value).__name__}")
     if annotation == "int" and not -(2**63) <= value < 2**63:
-        raise ProtocolError(f"{cls.type or cls.__name__}.{name}: out of the 64-bit range")
+        raise ProtocolError(f"{where}: out of the 64-bit range")
     if annotation == "float":
         # JSON has no NaN or infinity, but Python's json reads them (and 1e999 as infinity).
         try:
@@ -214,7 +222,7 @@ def _coerce(cls, name: str, value: Any, expected: type | str) -> Any:
         except OverflowError:  # an integer beyond any float
             value = math.inf
         if not math.isfinite(value):
-            raise ProtocolError(f"{cls.type or cls.__name__}.{name}: not a finite number")
+            raise ProtocolError(f"{where}: not a finite number")
     return value
 
 

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from remotegpu_agent import __version__
+from remotegpu_agent import __version__, cli
 from remotegpu_agent.cli import main
-from remotegpu_agent.protocol import HostFacts
+from remotegpu_agent.protocol import GPUInfo, GPUSample, HostFacts
 from remotegpu_agent.state import StateDir
 
 CREDENTIAL = "rhc_s3cret_credential_value"
@@ -214,6 +214,40 @@ def test_gpus_shows_what_the_backend_sees(tmp_path, capsys):
     assert [gpu["index"] for gpu in report["gpus"]] == [0, 1]
     assert {gpu["sample"]["temperature"] for gpu in report["gpus"]} == {71.0}
     assert all(gpu["sample"]["uuid"] == gpu["uuid"] for gpu in report["gpus"])
+
+
+class _BlindBackend:
+    """One GPU whose driver gives memory and nothing optional."""
+
+    name = "nvml"
+
+    def inventory(self):
+        return [GPUInfo(uuid="GPU-blind", index=0, name="NVIDIA T4", memory_total=16 * 2**30)]
+
+    def sample(self):
+        unknown = dict.fromkeys(
+            ("utilization", "temperature", "power_draw", "power_limit", "ecc_errors")
+        )
+        return [GPUSample(uuid="GPU-blind", memory_used=2**30, memory_total=16 * 2**30, **unknown)]
+
+    def close(self):
+        pass
+
+
+def test_gpus_shows_figures_the_gpu_cannot_give_as_unknown(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_backend", lambda args: _BlindBackend())
+    assert main(["gpus"]) == 0
+    figures = capsys.readouterr().out.splitlines()[3]
+    assert figures == (
+        "    utilisation n/a, memory used 1.0 GiB, temperature n/a, power n/a / n/a, "
+        "ECC errors n/a, processes 0"
+    )
+
+    assert main(["gpus", "--json"]) == 0
+    (gpu,) = json.loads(capsys.readouterr().out)["gpus"]
+    sample = gpu["sample"]
+    assert [sample[name] for name in ("temperature", "power_draw", "ecc_errors")] == [None] * 3
+    assert sample["memory_used"] == 2**30
 
 
 def test_gpus_on_a_host_without_any(capsys):

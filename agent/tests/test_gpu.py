@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
+from remotegpu_agent import protocol
 from remotegpu_agent.gpu import GIB, FakeBackend, NvmlBackend, get_backend
 
 
@@ -129,7 +130,7 @@ def test_nvml_on_this_host(caplog):
 
 def test_nvml_figures_are_converted(monkeypatch):
     """A simulated H100 through the real NvmlBackend code: mW -> W, CUDA 12040 -> "12.4",
-    ECC not supported -> 0, processes counted once across compute and graphics."""
+    ECC not supported -> None (unknown), processes counted once across compute and graphics."""
 
     def not_supported(*args):
         raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
@@ -177,7 +178,7 @@ def test_nvml_figures_are_converted(monkeypatch):
     assert (sample.utilization, sample.temperature) == (55.0, 61.0)
     assert (sample.power_draw, sample.power_limit) == (312.5, 700.0)
     assert (sample.memory_used, sample.memory_total) == (3 * GIB, 80 * GIB)
-    assert (sample.ecc_errors, sample.processes) == (0, 2)
+    assert (sample.ecc_errors, sample.processes) == (None, 2)
 
     # A GPU that stops answering drops out of the figures instead of breaking the heartbeat.
     monkeypatch.setattr(
@@ -225,7 +226,7 @@ def _failing(code):
 def test_nvml_figures_a_driver_cannot_give_do_not_drop_the_gpu(monkeypatch, caplog):
     """Real drivers refuse single figures in more ways than NotSupported: a process list from a
     driver older than pynvml (FunctionNotFound), power behind permissions (NoPermission). The
-    GPU stays in the figures with that one figure at its default, and each reason is logged
+    GPU stays in the figures with that one figure unknown (None), and each reason is logged
     once, not every heartbeat."""
     _simulated_gpu(
         monkeypatch,
@@ -247,7 +248,7 @@ def test_nvml_figures_a_driver_cannot_give_do_not_drop_the_gpu(monkeypatch, capl
     assert (gpu.name, gpu.driver_version, gpu.cuda_version) == ("NVIDIA H200", "", "12.8")
     for (sample,) in samples:
         assert (sample.utilization, sample.temperature) == (7.0, 33.0)
-        assert (sample.power_draw, sample.power_limit, sample.processes) == (0.0, 700.0, 0)
+        assert (sample.power_draw, sample.power_limit, sample.processes) == (None, 700.0, 0)
     warnings = [record.getMessage() for record in caplog.records]
     # Driver version, power and the graphics list: once each (NotSupported is only debug).
     assert len(warnings) == 3, warnings
@@ -309,7 +310,46 @@ def test_a_gpu_without_a_temperature_sensor_keeps_its_other_figures(monkeypatch)
         nvmlDeviceGetComputeRunningProcesses=lambda handle: [],
     )
     (sample,) = NvmlBackend().sample()
-    assert (sample.temperature, sample.utilization, sample.power_draw) == (0.0, 5.0, 100.0)
+    assert (sample.temperature, sample.utilization, sample.power_draw) == (None, 5.0, 100.0)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+        pynvml.NVML_ERROR_NO_PERMISSION,
+        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+        pynvml.NVML_ERROR_UNKNOWN,
+    ],
+)
+def test_figures_a_gpu_refuses_are_unknown_not_zero(monkeypatch, code):
+    """Temperature, power, utilisation and ECC that NVML refuses are None, never an invented
+    0, and stay None through the protocol to the server."""
+    _simulated_gpu(
+        monkeypatch,
+        nvmlDeviceGetUtilizationRates=_failing(code),
+        nvmlDeviceGetTemperature=_failing(code),
+        nvmlDeviceGetPowerUsage=_failing(code),
+        nvmlDeviceGetEnforcedPowerLimit=_failing(code),
+        nvmlDeviceGetTotalEccErrors=_failing(code),
+        nvmlDeviceGetComputeRunningProcesses=lambda handle: [],
+    )
+    (sample,) = NvmlBackend().sample()
+    unknown = (
+        sample.utilization,
+        sample.temperature,
+        sample.power_draw,
+        sample.power_limit,
+        sample.ecc_errors,
+    )
+    assert unknown == (None, None, None, None, None)
+    assert (sample.memory_used, sample.memory_total) == (GIB, 80 * GIB)
+    beat = protocol.Heartbeat(
+        time=1.0, cpu_percent=1.0, memory_used=1, memory_total=2, disk_used=1, disk_total=2
+    )
+    beat.gpus = [sample]
+    (parsed,) = protocol.parse(protocol.dump(beat)).gpus
+    assert parsed == sample
 
 
 def test_unknown_backend_is_refused():

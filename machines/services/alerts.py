@@ -16,8 +16,9 @@ passes running at once cannot both fire or both resolve an alert: the row count 
 and only the winner notifies.
 
 No data: figures are fresh only while the agent reports (host online, in maintenance or
-draining). Targets of other hosts, and GPUs without figures, have no value: their open alerts
-keep their state (a hot GPU whose host dropped off is not "resolved"; the host-offline rule
+draining). Targets of other hosts, and GPUs without the figure (no heartbeat yet, or one the
+GPU or its driver cannot give: NULL, unknown, not 0), have no value: their open alerts keep
+their state (a hot GPU whose host dropped off is not "resolved"; the host-offline rule
 speaks for it). A target taken out of the fleet (host retired, GPU lost) resolves its alerts.
 """
 

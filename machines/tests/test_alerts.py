@@ -391,6 +391,40 @@ def test_without_data_a_firing_alert_keeps_its_state_until_the_target_leaves(
     assert Notification.objects.count() == len(operators)
 
 
+@pytest.mark.parametrize(
+    ("metric", "figure"),
+    [
+        (AlertMetric.GPU_TEMPERATURE, "temperature"),
+        (AlertMetric.GPU_UTILIZATION, "utilization"),
+        (AlertMetric.GPU_ECC_ERRORS, "ecc_errors"),
+    ],
+)
+def test_a_figure_the_gpu_cannot_give_neither_fires_nor_resolves(
+    metric, figure, operators, evaluate
+):
+    """Unknown is not 0: a "below" rule does not fire on a GPU that cannot measure, and a
+    firing alert whose GPU stops giving the figure keeps its state, as for a silent host."""
+    hot = GPUFactory(**{figure: 100})
+    GPUFactory(**{figure: None})  # a board without the sensor, from its first heartbeat
+    below = _rule(name="below", metric=metric, comparison=Comparison.LT, threshold=1)
+    above = _rule(name="above", metric=metric, comparison=Comparison.GT, threshold=50)
+    evaluate()
+    assert not Alert.objects.filter(rule=below).exists()
+    alert = _alert(rule=above)
+    assert (alert.gpu, alert.status) == (hot, AlertStatus.FIRING)
+    Notification.objects.all().delete()
+
+    GPU.objects.filter(pk=hot.pk).update(**{figure: None})
+    evaluate()
+    assert _alert(pk=alert.pk).status == AlertStatus.FIRING
+    assert not Alert.objects.filter(rule=below).exists()
+    assert not Notification.objects.exists()
+
+    GPU.objects.filter(pk=hot.pk).update(**{figure: 10})
+    evaluate()
+    assert _alert(pk=alert.pk).status == AlertStatus.RESOLVED
+
+
 def test_a_lost_gpu_resolves_its_alert(hot_gpu, evaluate):
     rule = _rule()
     evaluate()

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from accounts.choices import AuditAction
@@ -328,6 +329,18 @@ def test_gpus(operator_api, host):
     detail = operator_api.get(f"/api/v1/gpus/{other.pk}/").json()
     assert (detail["model"], detail["memory_total"]) == ("NVIDIA L4", other.memory_total)
     assert _error(operator_api.get("/api/v1/gpus/?host=999999"), 400)
+
+
+def test_gpu_figures_a_driver_cannot_give_are_null(operator_api, host):
+    """Unknown is null in the API, and the schema says the field may be null."""
+    blind = GPUFactory(host=host, index=7, memory_used=GIB)
+    detail = operator_api.get(f"/api/v1/gpus/{blind.pk}/").json()
+    figures = ("utilization", "temperature", "power_draw", "power_limit", "ecc_errors")
+    assert [detail[name] for name in figures] == [None] * 5
+    assert detail["memory_used"] == GIB
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    properties = schema["components"]["schemas"]["GPU"]["properties"]
+    assert all(properties[name]["nullable"] for name in figures)
 
 
 def test_metrics(operator_api, host):

@@ -302,6 +302,30 @@ def test_heartbeats_are_stored_once_after_a_flush():
     assert GPU.objects.get(uuid="GPU-1").utilization == 77.0
 
 
+def test_figures_a_gpu_cannot_give_arrive_as_null_and_are_stored_as_null():
+    joined = host_joined()
+    unknown = dict.fromkeys(
+        ("utilization", "temperature", "power_draw", "power_limit", "ecc_errors")
+    )
+
+    async def scenario():
+        agent, _ = await _connected(joined.credential)
+        await agent.send(_inventory("GPU-1"))
+        await agent.send_raw(text=_gpu_figures(**unknown))
+        await agent.settle()
+        accepted = await agent.still_open()  # the settling refusal was the only reply
+        await batcher.flush()
+        await agent.close()
+        return accepted
+
+    assert _run(scenario)
+    gpu = GPU.objects.get(uuid="GPU-1")
+    assert [getattr(gpu, name) for name in unknown] == [None] * 5
+    assert gpu.memory_used == GIB
+    figures = ("utilization", "temperature", "power_draw", "ecc_errors")
+    assert GPUSample.objects.filter(gpu=gpu).values_list(*figures).get() == (None,) * 4
+
+
 # Refused messages -------------------------------------------------------------------------
 
 
@@ -309,6 +333,13 @@ def _message(**fields) -> str:
     base = {"type": "heartbeat", "id": "m1", "v": protocol.VERSION}
     beat = json.loads(protocol.dump(_heartbeat(T0)))
     return json.dumps({**beat, **base, **fields})
+
+
+def _gpu_figures(**figures) -> str:
+    """A heartbeat with one GPU whose figures ``figures`` replace (as JSON values)."""
+    message = json.loads(protocol.dump(_heartbeat(T0, "GPU-1")))
+    message["gpus"][0].update(figures)
+    return json.dumps(message)
 
 
 def _inventory_with(**facts) -> str:
@@ -345,6 +376,15 @@ REFUSED = {
     ),
     "server-only-command": protocol.dump(protocol.Command(command_id="x", kind="ping")),
     "server-only-error": protocol.dump(protocol.Error(reason="x")),
+    # Null is "the GPU cannot give it" for the optional GPU figures only.
+    "null-host-figure": _message(cpu_percent=None),
+    "null-gpu-memory": _gpu_figures(memory_used=None),
+    "null-gpu-uuid": _gpu_figures(uuid=None),
+    "gpu-figure-wrong-type": _gpu_figures(temperature="hot"),
+    "gpu-figure-bool": _gpu_figures(power_draw=True),
+    "gpu-figure-nan": _gpu_figures(temperature=float("nan")),
+    "gpu-figure-huge-integer-for-float": _gpu_figures(power_limit=10**400),
+    "gpu-ecc-not-an-integer": _gpu_figures(ecc_errors=1.5),
     "inventory-cores-out-of-range": _inventory_with(cpu_cores=2**40),
     "inventory-gpu-index-out-of-range": _inventory_with_gpu_index(10**6),
     "inventory-negative-memory": _inventory_with(memory_total=-1),

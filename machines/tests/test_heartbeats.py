@@ -97,6 +97,49 @@ def test_store_writes_samples_and_latest_figures(db):
     assert (gpu_a.power_draw, gpu_a.power_limit, gpu_a.ecc_errors) == (250, 400, 2)
 
 
+def _unknown_figures(uuid: str) -> protocol.GPUSample:
+    """A GPU whose driver gives memory but none of the optional figures."""
+    return protocol.GPUSample(
+        uuid=uuid,
+        utilization=None,
+        memory_used=GIB,
+        memory_total=80 * GIB,
+        temperature=None,
+        power_draw=None,
+        power_limit=None,
+        ecc_errors=None,
+    )
+
+
+@pytest.mark.parametrize("with_a_known_gpu", [False, True], ids=["all-null", "mixed"])
+def test_figures_a_gpu_cannot_give_are_stored_as_null_not_zero(db, with_a_known_gpu):
+    """A whole column of NULLs and NULLs among numbers both pass the unnest() arrays; a GPU
+    that measured before and now cannot is unknown now, not its stale or a zero figure."""
+    host = HostFactory()
+    blind = GPUFactory(host=host, uuid="GPU-blind", temperature=70.0, ecc_errors=1)
+    known = GPUFactory(host=host, uuid="GPU-known")
+    gpus = [_unknown_figures("GPU-blind")]
+    if with_a_known_gpu:
+        gpus.append(_gpu_sample("GPU-known"))
+
+    heartbeats_store([_pending(host, _beat(T0, *gpus))])
+
+    figures = ("utilization", "temperature", "power_draw", "ecc_errors")
+    assert GPUSample.objects.filter(gpu=blind).values_list(*figures).get() == (None,) * 4
+    blind.refresh_from_db()
+    assert (blind.utilization, blind.temperature, blind.power_draw) == (None, None, None)
+    assert (blind.power_limit, blind.ecc_errors, blind.memory_used) == (None, None, GIB)
+    if with_a_known_gpu:
+        assert GPUSample.objects.filter(gpu=known).values_list(*figures).get() == (
+            50.0,
+            61.5,
+            250.0,
+            2,
+        )
+        known.refresh_from_db()
+        assert (known.temperature, known.power_limit, known.ecc_errors) == (61.5, 400.0, 2)
+
+
 def test_resent_heartbeat_is_stored_once(db):
     host = HostFactory()
     GPUFactory(host=host, uuid="GPU-a")

@@ -89,7 +89,10 @@ def fleet(db):
         power_limit=700.0,
         ecc_errors=3,
     )
-    GPUFactory(host=online, index=1, uuid="GPU-bbbb", model="NVIDIA H100 80GB HBM3")
+    # Its driver gives memory but no utilisation, temperature, power or ECC (all NULL).
+    GPUFactory(
+        host=online, index=1, uuid="GPU-bbbb", model="NVIDIA H100 80GB HBM3", memory_used=GIB
+    )
     GPUFactory(host=online, index=2, uuid="GPU-cccc", model="NVIDIA H100 80GB HBM3", health="lost")
     rule = AlertRule.objects.create(
         name="GPU too hot", metric=AlertMetric.GPU_TEMPERATURE, threshold=85
@@ -185,15 +188,16 @@ def test_metrics_report_hosts_gpus_alerts_and_queues(client, fleet, token, queue
         _labels(model="NVIDIA H100 80GB HBM3", health=GPUHealth.LOST): 1,
     }
     hot = _labels(host="gpu-01", gpu="0", uuid="GPU-aaaa", model="NVIDIA H100 80GB HBM3")
+    quiet = _labels(host="gpu-01", gpu="1", uuid="GPU-bbbb", model="NVIDIA H100 80GB HBM3")
+    # The quiet GPU's unknown figures are left out, neither 0 nor "None".
     assert samples["remotegpu_gpu_utilization_percent"] == {hot: 93.0}
-    assert samples["remotegpu_gpu_memory_used_bytes"] == {hot: 70 * GIB}
+    assert samples["remotegpu_gpu_memory_used_bytes"] == {hot: 70 * GIB, quiet: GIB}
     assert samples["remotegpu_gpu_temperature_celsius"] == {hot: 88.0}
     assert samples["remotegpu_gpu_power_draw_watts"] == {hot: 650.5}
     assert samples["remotegpu_gpu_power_limit_watts"] == {hot: 700.0}
-    quiet = _labels(host="gpu-01", gpu="1", uuid="GPU-bbbb", model="NVIDIA H100 80GB HBM3")
     assert samples["remotegpu_gpu_memory_total_bytes"] == {hot: 80 * GIB, quiet: 80 * GIB}
     # Lost GPUs are counted, but their stale figures are not exported.
-    assert samples["remotegpu_gpu_ecc_errors_total"] == {hot: 3, quiet: 0}
+    assert samples["remotegpu_gpu_ecc_errors_total"] == {hot: 3}
 
     assert samples["remotegpu_alerts_open"] == {
         _labels(severity="info"): 0,

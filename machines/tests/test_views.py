@@ -3,6 +3,7 @@ query counts pinned, and buckets computed by PostgreSQL."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -270,6 +271,30 @@ def test_host_list_paginates(operator_client):
 # Host page ---------------------------------------------------------------------------------
 
 
+def _cells(html: str, testid: str) -> list[str]:
+    return re.findall(rf'data-testid="{testid}">([^<]*)</td>', html)
+
+
+def test_host_page_shows_unknown_gpu_figures_as_a_dash_not_zero(operator_client):
+    """A figure the GPU or its driver cannot give is "—"; a measured 0 is still 0."""
+    host = HostFactory()
+    GPUFactory(host=host, index=0, memory_used=GIB)  # no utilisation, temperature, power, ECC
+    GPUFactory(
+        host=host,
+        index=1,
+        utilization=0.0,
+        memory_used=GIB,
+        temperature=35.0,
+        power_limit=300.0,
+        ecc_errors=0,
+    )
+    html = operator_client.get(reverse("machines:host_detail", args=[host.pk])).content.decode()
+    assert _cells(html, "gpu-utilization") == ["—", "0 %"]
+    assert _cells(html, "gpu-temperature") == ["—", "35 °C"]
+    assert _cells(html, "gpu-power") == ["—", "— / 300 W"]
+    assert _cells(html, "gpu-ecc-errors") == ["—", "0"]
+
+
 def test_host_page_shows_facts_gpus_and_commands(operator_client, operator):
     host = HostFactory(name="node-7", hostname="node-7.lab", docker_version="27.3.1")
     GPUFactory(host=host, index=0, utilization=87.0, temperature=64.0, power_draw=301.0)
@@ -530,6 +555,24 @@ def _gpu_sample(gpu, time, utilization, memory_used=GIB, temperature=50.0, power
         temperature=temperature,
         power_draw=power_draw,
     )
+
+
+def test_gpu_figures_a_driver_cannot_give_are_null_in_buckets(token_client_for, operator):
+    """A bucket averages the figures that were given; one where none was is null (a gap on
+    the chart), never 0."""
+    gpu = GPUFactory()
+    base = _bucket_start(timezone.now() - timedelta(minutes=10), 30)
+    _gpu_sample(gpu, base + timedelta(seconds=1), None, temperature=None, power_draw=None)
+    _gpu_sample(gpu, base + timedelta(seconds=31), 40, temperature=None, power_draw=None)
+    _gpu_sample(gpu, base + timedelta(seconds=36), None, temperature=60.0, power_draw=None)
+    body = token_client_for(operator).get(f"/api/v1/hosts/{gpu.host_id}/metrics/").json()
+    (series,) = body["gpus"]
+    start = int(base.timestamp())
+    assert series["t"] == [start, start + 30]
+    assert series["utilization"] == [None, 40.0]
+    assert series["temperature"] == [None, 60.0]
+    assert series["power_draw"] == [None, None]
+    assert series["memory_used"] == [GIB, GIB]
 
 
 def test_host_metrics_buckets_are_averaged_in_sql(token_client_for, operator):

@@ -36,7 +36,8 @@
 
   // {x: ms, y} points. A hole in the series leaves a gap instead of a line drawn across it:
   // a hole is a distance well above the series' usual spacing (a host whose heartbeats come
-  // less often than the bucket width has empty buckets and no gaps).
+  // less often than the bucket width has empty buckets and no gaps). A null value is a figure
+  // the GPU or its driver could not give: a gap too, never plotted as 0.
   function points(times, values, step, divisor) {
     var spacing = [];
     for (var j = 1; j < times.length; j++) { spacing.push(times[j] - times[j - 1]); }
@@ -49,7 +50,8 @@
         out.push({ x: (times[i - 1] + step) * 1000, y: null });
       }
       var value = values[i];
-      out.push({ x: times[i] * 1000, y: value === null ? null : value / (divisor || 1) });
+      var unknown = value === null || value === undefined;
+      out.push({ x: times[i] * 1000, y: unknown ? null : value / (divisor || 1) });
     }
     return out;
   }
