@@ -132,37 +132,26 @@ def test_nvml_figures_are_converted(monkeypatch):
     """A simulated H100 through the real NvmlBackend code: mW -> W, CUDA 12040 -> "12.4",
     ECC not supported -> None (unknown), processes counted once across compute and graphics."""
 
-    def not_supported(*args):
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-
-    def process(pid):
-        return SimpleNamespace(pid=pid, usedGpuMemory=GIB)
-
     memory = SimpleNamespace(total=80 * GIB, used=3 * GIB, free=77 * GIB)
-    fake = {
-        "nvmlInit": lambda: None,
-        "nvmlShutdown": lambda: None,
-        "nvmlDeviceGetCount": lambda: 1,
-        "nvmlDeviceGetHandleByIndex": lambda index: f"handle-{index}",
-        "nvmlDeviceGetUUID": lambda handle: "GPU-5a1c2d3e-0000-1111-2222-333344445555",
-        "nvmlDeviceGetName": lambda handle: b"NVIDIA H100 80GB HBM3",
-        "nvmlDeviceGetMemoryInfo": lambda handle: memory,
-        "nvmlDeviceGetUtilizationRates": lambda handle: SimpleNamespace(gpu=55, memory=20),
-        "nvmlDeviceGetTemperature": lambda handle, sensor: 61,
-        "nvmlDeviceGetPowerUsage": lambda handle: 312_500,
-        "nvmlDeviceGetEnforcedPowerLimit": lambda handle: 700_000,
-        "nvmlDeviceGetTotalEccErrors": not_supported,
-        "nvmlDeviceGetComputeRunningProcesses": lambda h: [
+    _simulated_gpu(
+        monkeypatch,
+        nvmlDeviceGetUUID=lambda handle: "GPU-5a1c2d3e-0000-1111-2222-333344445555",
+        nvmlDeviceGetName=lambda handle: b"NVIDIA H100 80GB HBM3",
+        nvmlDeviceGetMemoryInfo=lambda handle: memory,
+        nvmlDeviceGetUtilizationRates=lambda handle: SimpleNamespace(gpu=55, memory=20),
+        nvmlDeviceGetTemperature=lambda handle, sensor: 61,
+        nvmlDeviceGetPowerUsage=lambda handle: 312_500,
+        nvmlDeviceGetEnforcedPowerLimit=lambda handle: 700_000,
+        nvmlDeviceGetTotalEccErrors=_failing(pynvml.NVML_ERROR_NOT_SUPPORTED),
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [
             SimpleNamespace(pid=1),
             SimpleNamespace(pid=2),
         ],
-        "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [SimpleNamespace(pid=2)],
-        "nvmlSystemGetDriverVersion": lambda: "550.54.15",
-        "nvmlSystemGetCudaDriverVersion": lambda: 12040,
-        "nvmlDeviceGetCudaComputeCapability": lambda handle: (9, 0),
-    }
-    for name, function in fake.items():
-        monkeypatch.setattr(pynvml, name, function)
+        nvmlDeviceGetGraphicsRunningProcesses=lambda h: [SimpleNamespace(pid=2)],
+        nvmlSystemGetDriverVersion=lambda: "550.54.15",
+        nvmlSystemGetCudaDriverVersion=lambda: 12040,
+        nvmlDeviceGetCudaComputeCapability=lambda handle: (9, 0),
+    )
     backend = NvmlBackend()
     (gpu,) = backend.inventory()
     assert gpu.name == "NVIDIA H100 80GB HBM3"
