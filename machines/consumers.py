@@ -13,7 +13,7 @@ from remotegpu_agent import protocol
 
 from .services import commands as command_services
 from .services import hosts as host_services
-from .services.heartbeats import batcher, heartbeat_time
+from .services.heartbeats import batcher, heartbeat_check
 from .services.join import credential_authenticate
 from .services.realtime import CLOSE_CREDENTIAL_INVALID, CLOSE_CREDENTIAL_REVOKED, agent_group
 
@@ -109,7 +109,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self._send(protocol.Error(reason=str(error)[:500], ref=message.id))
 
     async def _on_heartbeat(self, message):
-        heartbeat_time(message)  # refused here, not when it would fail everyone's batch
+        heartbeat_check(message)  # refused here, not when it would fail everyone's batch
         batcher.add(self.host.pk, message, timezone.now())
         if time.monotonic() >= self.resync_at:
             await self._resync()

@@ -47,6 +47,48 @@ def heartbeat_time(heartbeat) -> datetime:
         raise protocol.ProtocolError(f"heartbeat.time: {heartbeat.time!r} is not a time") from exc
 
 
+# Figures no machine can report: (lowest, highest), None where there is no bound. A percentage
+# above 100 or a negative amount is a broken agent, refused to it rather than drawn on a page.
+HOST_FIGURE_RANGES = {
+    "cpu_percent": (0, 100),
+    "memory_used": (0, None),
+    "memory_total": (0, None),
+    "disk_used": (0, None),
+    "disk_total": (0, None),
+    "load1": (0, None),
+}
+GPU_FIGURE_RANGES = {
+    "utilization": (0, 100),
+    "memory_used": (0, None),
+    "memory_total": (0, None),
+    "power_draw": (0, None),
+    "power_limit": (0, None),
+    "ecc_errors": (0, None),
+    "processes": (0, None),
+}
+
+
+def _check_ranges(where: str, figures, ranges: dict) -> None:
+    for name, (lowest, highest) in ranges.items():
+        value = getattr(figures, name)
+        if value is None:  # a GPU figure the GPU cannot give
+            continue
+        if value < lowest or (highest is not None and value > highest):
+            bounds = f"{lowest} to {highest}" if highest is not None else f"at least {lowest}"
+            raise protocol.ProtocolError(f"{where}{name}: {value} is out of range ({bounds})")
+
+
+def heartbeat_check(heartbeat) -> None:
+    """Refuse (``ProtocolError``) a heartbeat whose time or figures are impossible.
+
+    Checked when it arrives, so that one broken agent is told, and its figures never reach the
+    batch that holds everybody's heartbeats or a page."""
+    heartbeat_time(heartbeat)
+    _check_ranges("heartbeat.", heartbeat, HOST_FIGURE_RANGES)
+    for index, gpu in enumerate(heartbeat.gpus):
+        _check_ranges(f"heartbeat.gpus[{index}].", gpu, GPU_FIGURE_RANGES)
+
+
 def sample_time(heartbeat, received_at: datetime) -> tuple[datetime, float]:
     """When the sample was taken, and how far the agent's clock is behind the server's (in
     seconds, negative when ahead). The agent's time identifies a sample while its clock is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,7 @@ from machines.models import GPUSample, Host, HostSample
 from machines.services.heartbeats import (
     HeartbeatBatcher,
     PendingHeartbeat,
+    heartbeat_check,
     heartbeat_time,
     heartbeats_store,
 )
@@ -206,6 +208,34 @@ def test_a_heartbeat_brings_an_offline_host_back_online(db):
 def test_heartbeat_time_refuses_impossible_times(at):
     with pytest.raises(protocol.ProtocolError):
         heartbeat_time(_beat(at))
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"cpu_percent": -0.1}, "heartbeat.cpu_percent: -0.1 is out of range (0 to 100)"),
+        ({"disk_used": -1}, "heartbeat.disk_used: -1 is out of range (at least 0)"),
+        ({"gpu": {"utilization": 100.1}}, "heartbeat.gpus[1].utilization: 100.1 is out of range"),
+        ({"gpu": {"memory_used": -1}}, "heartbeat.gpus[1].memory_used: -1 is out of range"),
+        ({"gpu": {"processes": -2}}, "heartbeat.gpus[1].processes: -2 is out of range"),
+    ],
+)
+def test_heartbeat_check_refuses_impossible_figures_naming_them(change, error):
+    beat = _beat(T0, _gpu_sample("GPU-0"), _gpu_sample("GPU-1"))
+    for name, value in change.get("gpu", {}).items():
+        setattr(beat.gpus[1], name, value)
+    for name, value in change.items():
+        if name != "gpu":
+            setattr(beat, name, value)
+    with pytest.raises(protocol.ProtocolError, match=re.escape(error)):
+        heartbeat_check(beat)
+
+
+def test_heartbeat_check_takes_the_bounds_and_unknown_gpu_figures():
+    idle = _gpu_sample("GPU-0", utilization=0.0)
+    busy = _gpu_sample("GPU-1", utilization=100.0)
+    busy.temperature = busy.power_draw = busy.ecc_errors = None
+    heartbeat_check(_beat(T0, idle, busy, cpu=100.0))
 
 
 def test_heartbeat_time_is_the_agents_clock():
