@@ -9,14 +9,17 @@ agent is restarted if it stops, and joins again if its credential is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from . import embedded
@@ -62,28 +65,61 @@ def main(argv: list[str] | None = None) -> int:
     )
     _wait_for(options.server.rstrip("/") + "/healthz")
     backend = "nvml" if _nvidia_gpus_present() else "fake"
-    child: subprocess.Popen | None = None
 
-    def stop(signum, frame):
-        if child is not None and child.poll() is None:
-            child.terminate()
-            child.wait(timeout=10)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while True:
+    def join_when_needed() -> None:
         if not (state / "config.json").exists():
             _join(agent, options.server, state)
-        child = subprocess.Popen(
-            [agent, "run", "--gpu-backend", backend, "--state-dir", str(state)]
-        )
-        code = child.wait()
+
+    def after_exit(code: int) -> None:
         if code == CREDENTIAL_REFUSED:
             # The demo database was reset or the credential revoked: join again.
             (state / "config.json").unlink(missing_ok=True)
-        else:
-            time.sleep(5)
+
+    return keep_running(
+        [agent, "run", "--gpu-backend", backend, "--state-dir", str(state)],
+        before_start=join_when_needed,
+        after_exit=after_exit,
+    )
+
+
+def keep_running(
+    command: list[str],
+    *,
+    before_start: Callable[[], None] | None = None,
+    after_exit: Callable[[int], None] | None = None,
+    restart_delay: float = 5.0,
+) -> int:
+    """Run ``command``, again ``restart_delay`` seconds after each exit, until SIGTERM or
+    SIGINT, which it passes on to the command before returning 0."""
+    stopping = threading.Event()
+    child: subprocess.Popen | None = None
+
+    def stop(signum, frame):
+        # Flag and pass on, nothing more: the main thread may be inside child.wait(), holding
+        # the Popen's lock, and waiting for the child here would wait on that lock until the
+        # process manager's SIGKILL.
+        stopping.set()
+        if child is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping.is_set():
+        if before_start is not None:
+            before_start()
+        if stopping.is_set():
+            break
+        child = subprocess.Popen(command)
+        if stopping.is_set():  # stopped between the check and the start
+            child.terminate()
+        code = child.wait()
+        if stopping.is_set():
+            break
+        if after_exit is not None:
+            after_exit(code)
+        stopping.wait(restart_delay)
+    return 0
 
 
 def _join(agent: str, server: str, state: Path) -> None:
