@@ -349,6 +349,16 @@ class GPUSampleRollup(GPUFigures):
         ]
 
 
+# The rules every fleet starts with (migration 0004) are stored under English names; pages and
+# notifications show them in the reader's language for as long as nobody renames them.
+DEFAULT_ALERT_RULE_LABELS = {
+    "GPU temperature above 85 °C": _("GPU temperature above 85 °C"),
+    "GPU memory above 95 %": _("GPU memory above 95 %"),
+    "Disk above 90 %": _("Disk above 90 %"),
+    "Host offline": _("Host offline"),
+}
+
+
 class AlertRule(TimeStampedModel):
     """When ``metric`` compared with ``threshold`` holds for ``for_duration`` seconds: alert."""
 
@@ -379,6 +389,11 @@ class AlertRule(TimeStampedModel):
 
     def __str__(self):
         return self.name
+
+    @property
+    def label(self) -> str:
+        """The name to show: a default rule's in the active language, any other as stored."""
+        return str(DEFAULT_ALERT_RULE_LABELS.get(self.name, self.name))
 
 
 class Alert(TimeStampedModel):

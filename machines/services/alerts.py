@@ -367,7 +367,7 @@ def _notification_text(alert: Alert, rule: AlertRule, event: str) -> tuple[str, 
     if event == EVENT_FIRING:
         title = _("%(severity)s: %(rule)s on %(target)s") % {
             "severity": Severity(alert.severity).label,
-            "rule": rule.name,
+            "rule": rule.label,
             "target": target,
         }
         body = _("%(message)s, since %(since)s.") % {
@@ -375,7 +375,7 @@ def _notification_text(alert: Alert, rule: AlertRule, event: str) -> tuple[str, 
             "since": timezone.localtime(alert.since).strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
         return title, body, SEVERITY_LEVELS[alert.severity]
-    title = _("Resolved: %(rule)s on %(target)s") % {"rule": rule.name, "target": target}
+    title = _("Resolved: %(rule)s on %(target)s") % {"rule": rule.label, "target": target}
     if alert.value is None:
         body = _("%(target)s is no longer monitored.") % {"target": target}
     else:

@@ -19,7 +19,7 @@ from accounts.choices import NotificationLevel
 from accounts.models import AuditEvent, Notification
 from accounts.tests.factories import OperatorFactory
 from machines.choices import AlertMetric, AlertStatus, Comparison, GPUHealth, HostStatus, Severity
-from machines.models import GPU, Alert, AlertRule, Host
+from machines.models import DEFAULT_ALERT_RULE_LABELS, GPU, Alert, AlertRule, Host
 from machines.services import alerts as alert_services
 from machines.services.alerts import (
     EVENT_FIRING,
@@ -133,6 +133,24 @@ def test_default_rules_are_created_once_and_never_overwritten():
     migration.create_default_alert_rules(apps, None)
     assert AlertRule.objects.count() == 4
     assert AlertRule.objects.get(pk=hot.pk).threshold == 80
+
+
+def test_default_rules_are_shown_in_the_readers_language_until_renamed(operator_client):
+    migration = importlib.import_module("machines.migrations.0004_default_alert_rules")
+    migration.create_default_alert_rules(apps, None)
+    seeded = {rule["name"] for rule in migration.DEFAULT_ALERT_RULES}
+    assert set(DEFAULT_ALERT_RULE_LABELS) == seeded
+    AlertRule.objects.filter(name="Disk above 90 %").update(name="Disk nearly full")
+
+    page = operator_client.get(
+        reverse("machines:alert_rule_list"), HTTP_ACCEPT_LANGUAGE="zh-hans"
+    ).content.decode()
+    assert "GPU 温度高于 85 °C" in page
+    assert "主机离线" in page
+    assert "GPU temperature above 85 °C" not in page
+    assert "Disk nearly full" in page  # an operator's own name is shown as written
+    english = operator_client.get(reverse("machines:alert_rule_list"), HTTP_ACCEPT_LANGUAGE="en")
+    assert "GPU temperature above 85 °C" in english.content.decode()
 
 
 # Transitions -------------------------------------------------------------------------------
