@@ -16,7 +16,6 @@ logged, never stored in a step's output and never shown again; nor is the join t
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
@@ -28,8 +27,6 @@ from urllib.parse import urlsplit
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
@@ -43,6 +40,7 @@ from accounts.models import User
 from accounts.services.audit import audit_record
 from accounts.services.users import user_require_operator
 from remotegpu.core.errors import ApplicationError, Conflict, ValidationError
+from remotegpu.core.secrets import sealing_key
 
 from ..choices import HostStatus, OnboardingAuth, OnboardingStatus
 from ..models import Host, OnboardingJob, Region
@@ -115,10 +113,7 @@ STEP_RUNNING, STEP_SUCCEEDED, STEP_FAILED = "running", "succeeded", "failed"
 
 
 def _fernet() -> Fernet:
-    derived = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=None, info=b"remotegpu onboarding secret v1"
-    ).derive(settings.SECRET_KEY.encode())
-    return Fernet(base64.urlsafe_b64encode(derived))
+    return sealing_key(b"remotegpu onboarding secret v1")
 
 
 def secret_encrypt(secret: SshSecret) -> str:
@@ -152,7 +147,7 @@ def secret_decrypt(token: str) -> SshSecret:
 
 
 def onboarding_group(job_id: int) -> str:
-    """Pages showing this job listen here (machines.consumers_onboarding)."""
+    """Pages showing this job listen here (machines.consumers.onboarding)."""
     return f"onboarding.job.{job_id}"
 
 

@@ -238,7 +238,7 @@ def test_bad_or_absent_credential_is_refused(make_credential, caplog):
         await agent.close()
         return result
 
-    with caplog.at_level(logging.WARNING, logger="machines.consumers"):
+    with caplog.at_level(logging.WARNING, logger="machines.consumers.agent"):
         assert _run(scenario) == (False, 4401)
 
     host = Host.objects.get(pk=joined.host.pk)
@@ -420,7 +420,7 @@ def test_refused_message_gets_an_error_and_changes_nothing(raw, caplog):
         await agent.close()
         return reply, still_open
 
-    with caplog.at_level(logging.WARNING, logger="machines.consumers"):
+    with caplog.at_level(logging.WARNING, logger="machines.consumers.agent"):
         reply, still_open = _run(scenario)
 
     assert isinstance(reply, protocol.Error)
@@ -603,10 +603,10 @@ def test_a_revocation_whose_close_message_was_lost_is_caught_at_the_next_resync(
     instead of joining the group again."""
     from channels.layers import get_channel_layer
 
-    from machines import consumers
+    from machines.consumers import agent as agent_consumer
     from machines.services.realtime import agent_group
 
-    monkeypatch.setattr(consumers, "RESYNC_INTERVAL", 0)  # every heartbeat resyncs
+    monkeypatch.setattr(agent_consumer, "RESYNC_INTERVAL", 0)  # every heartbeat resyncs
     joined = host_joined()
     operator = OperatorFactory()
 

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from accounts.tests.factories import OperatorFactory, UserFactory
 from machines.choices import HostStatus, OnboardingAuth, OnboardingStatus
-from machines.consumers_onboarding import OnboardingConsumer
+from machines.consumers.onboarding import OnboardingConsumer
 from machines.models import Host, JoinToken, OnboardingJob
 from machines.services import onboarding as services
 from machines.services.hosts import host_connected

@@ -7,12 +7,16 @@ row; the secret is compared as HMAC-SHA256 keyed with ``API_TOKEN_PEPPER``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
 import string
 from dataclasses import dataclass
 
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 
 KEY_LENGTH = 12
@@ -57,3 +61,12 @@ def parse(raw: str, prefix: str) -> tuple[str, str] | None:
     if not sep or len(key) != KEY_LENGTH or len(secret) != SECRET_LENGTH:
         return None
     return key, secret
+
+
+def sealing_key(purpose: bytes) -> Fernet:
+    """A Fernet key for secrets the server must read back (an SSH password while onboarding,
+    a registry password), derived from ``SECRET_KEY`` with HKDF, one per ``purpose``."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
+        settings.SECRET_KEY.encode()
+    )
+    return Fernet(base64.urlsafe_b64encode(derived))

@@ -1,10 +1,8 @@
-"""Operator pages of alerts and alert rules (kept apart from ``views.py``, which holds the rest
-of the fleet's pages). Staff only; anyone else gets a 404."""
+"""Operator pages of alerts and alert rules."""
 
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
@@ -14,12 +12,12 @@ from remotegpu.core.errors import ApplicationError
 from remotegpu.core.forms import style_widgets
 from remotegpu.core.portal import apply_error_to_form, service_messages
 
-from . import selectors
-from .filters import AlertFilter
-from .forms import AlertRuleForm
-from .models import Alert, AlertRule
-from .services import alerts as alert_services
-from .views import PAGE_SIZE, operator_required
+from .. import selectors
+from ..filters import AlertFilter
+from ..forms.alerts import AlertRuleForm
+from ..models import Alert, AlertRule
+from ..services import alerts as alert_services
+from .base import operator_required, paginate
 
 
 def _back(request, default: str) -> str:
@@ -36,7 +34,7 @@ def _back(request, default: str) -> str:
 def alert_list(request):
     alert_filter = AlertFilter(request.GET or None, queryset=selectors.alert_list())
     style_widgets(alert_filter.form)
-    page = Paginator(alert_filter.qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = paginate(request, alert_filter.qs)
     return render(request, "machines/alert_list.html", {"filter": alert_filter, "page": page})
 
 

@@ -3,8 +3,8 @@ from django.utils.translation import gettext_lazy as _
 
 from remotegpu.core.forms import StyledForm
 
-from .forms import LABELS_HELP
-from .models import Region
+from ..models import Region
+from .hosts import LABELS_HELP
 
 
 class OnboardingForm(StyledForm):

@@ -1,19 +1,14 @@
-"""Operator pages of the fleet. Staff only; anyone else gets a 404, as if they did not exist.
-Thin: forms in, services called, templates out."""
+"""Operator pages of the hosts: the fleet overview, the host list and a host's page with its
+actions, and the batch import."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-from functools import wraps
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
@@ -22,48 +17,24 @@ from remotegpu.core.errors import ApplicationError
 from remotegpu.core.forms import style_widgets
 from remotegpu.core.portal import apply_error_to_form, service_messages
 
-from . import selectors
-from .choices import CommandKind, HostStatus
-from .filters import HostFilter
-from .forms import (
-    HostCommandForm,
-    HostImportForm,
-    HostLabelsForm,
-    HostStatusForm,
-    JoinTokenForm,
-    RegionForm,
-)
-from .links import join_command
-from .models import Host, JoinToken
-from .services import commands as command_services
-from .services import hosts as host_services
-from .services import imports as import_services
-from .services import join as join_services
-from .services.regions import region_save
+from .. import selectors
+from ..choices import CommandKind, HostStatus
+from ..filters import HostFilter
+from ..forms.hosts import HostCommandForm, HostImportForm, HostLabelsForm, HostStatusForm
+from ..links import join_command
+from ..models import Host
+from ..services import commands as command_services
+from ..services import hosts as host_services
+from ..services import imports as import_services
+from ..services import join as join_services
+from .base import operator_required, paginate
 
-PAGE_SIZE = 50
 RECENT_COMMANDS = 10
 METRIC_RANGES = list(selectors.METRIC_RANGES)
 # How often the charts fetch fresh figures, in seconds: ``?refresh=`` (a wall display, a test)
 # within these bounds, else as often as the host reports (the fleet page: every 15 s).
 CHART_REFRESH_MIN, CHART_REFRESH_MAX = 1, 300
 FLEET_CHART_REFRESH = 15
-
-
-def operator_required(view):
-    """Signed in (else the login page) and staff (else 404)."""
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_staff:
-            raise Http404
-        return view(request, *args, **kwargs)
-
-    return login_required(wrapper)
-
-
-def _page(request, queryset):
-    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
 
 
 def _chart_refresh_seconds(request, default: float) -> int:
@@ -109,7 +80,7 @@ def host_list(request):
     # page's rows: PostgreSQL would otherwise compute every skipped row's GPU figures.
     host_filter = HostFilter(request.GET or None, queryset=selectors.host_list_base())
     style_widgets(host_filter.form)
-    page = _page(request, host_filter.qs.only("pk"))
+    page = paginate(request, host_filter.qs.only("pk"))
     page.object_list = list(
         selectors.host_list_with_figures().filter(pk__in=[host.pk for host in page.object_list])
     )
@@ -293,64 +264,3 @@ def host_import_template(request):
     response = HttpResponse(import_services.TEMPLATE_CSV, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="hosts-template.csv"'
     return response
-
-
-# Join tokens -------------------------------------------------------------------------------
-
-
-@operator_required
-def join_token_list(request):
-    form = JoinTokenForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        try:
-            issued = join_services.join_token_create(
-                operator=request.user,
-                name=data["name"],
-                region=data["region"],
-                labels=data["labels"],
-                expires_at=timezone.now() + timedelta(hours=data["expires_in_hours"]),
-                max_uses=data["max_uses"],
-            )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            return render(
-                request,
-                "machines/join_token_created.html",
-                {
-                    "join_token": issued.join_token,
-                    "plaintext": issued.plaintext,
-                    "join_command": join_command(request, issued.plaintext),
-                },
-            )
-    return render(
-        request,
-        "machines/join_token_list.html",
-        {"form": form, "page": _page(request, selectors.join_token_list()), "now": timezone.now()},
-    )
-
-
-@operator_required
-@require_POST
-def join_token_revoke(request, pk):
-    join_token = get_object_or_404(JoinToken, pk=pk)
-    with service_messages(request):
-        join_services.join_token_revoke(operator=request.user, join_token=join_token)
-        messages.success(request, _("Join token %(name)s revoked.") % {"name": join_token.name})
-    return redirect("machines:join_token_list")
-
-
-# Regions -----------------------------------------------------------------------------------
-
-
-@operator_required
-def region_list(request):
-    form = RegionForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        region = region_save(operator=request.user, region=form.save(commit=False))
-        messages.success(request, _("Region %(name)s created.") % {"name": region.name})
-        return redirect("machines:region_list")
-    return render(
-        request, "machines/region_list.html", {"form": form, "regions": selectors.region_list()}
-    )

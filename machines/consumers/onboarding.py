@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.urls import path
 from django.utils import translation
 
-from .models import OnboardingJob
-from .onboarding_views import render_progress
-from .services.onboarding import onboarding_group
+from remotegpu.core.websockets import CLOSE_NOT_FOUND, CLOSE_NOT_SIGNED_IN, scope_language
 
-CLOSE_NOT_SIGNED_IN = 4401
-CLOSE_NOT_FOUND = 4404  # also for non-operators: the job does not exist for them
-
-
-def _language(scope) -> str:
-    """The page's language: the language cookie, else Accept-Language (as LocaleMiddleware)."""
-    headers = dict(scope.get("headers", []))
-    request = SimpleNamespace(
-        COOKIES=scope.get("cookies", {}),
-        META={"HTTP_ACCEPT_LANGUAGE": headers.get(b"accept-language", b"").decode("latin-1")},
-        path_info=scope.get("path", "/"),
-    )
-    return translation.get_language_from_request(request)
+from ..models import OnboardingJob
+from ..services.onboarding import onboarding_group
+from ..views.onboarding import render_progress
 
 
 class OnboardingConsumer(AsyncJsonWebsocketConsumer):
@@ -48,7 +33,7 @@ class OnboardingConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.job_id = job_id
-        self.language = _language(self.scope)
+        self.language = scope_language(self.scope)
         self.group = onboarding_group(job_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
@@ -86,8 +71,3 @@ class OnboardingConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         await self.send_json(message)
-
-
-onboarding_websocket_urlpatterns = [
-    path("ws/onboarding/<int:job_id>/", OnboardingConsumer.as_asgi()),
-]

@@ -3,7 +3,7 @@
 
 from django.urls import path
 
-from . import onboarding_views as views
+from ..views import onboarding as views
 
 urlpatterns = [
     path("", views.onboarding_list, name="onboarding_list"),

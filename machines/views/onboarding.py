@@ -4,7 +4,6 @@ downloads. Thin: forms in, services called, templates out."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -15,13 +14,13 @@ from django.views.decorators.http import require_POST, require_safe
 from remotegpu.core.errors import ApplicationError, NotFound
 from remotegpu.core.portal import apply_error_to_form, service_messages
 
-from .choices import OnboardingStatus
-from .links import server_url
-from .models import OnboardingJob
-from .onboarding_forms import OnboardingConfirmForm, OnboardingForm
-from .services import agent_package
-from .services import onboarding as onboarding_services
-from .views import PAGE_SIZE, operator_required
+from ..choices import OnboardingStatus
+from ..forms.onboarding import OnboardingConfirmForm, OnboardingForm
+from ..links import server_url
+from ..models import OnboardingJob
+from ..services import agent_package
+from ..services import onboarding as onboarding_services
+from .base import operator_required, paginate
 
 LIVE_STATES = frozenset(
     {OnboardingStatus.PENDING, OnboardingStatus.AWAITING_CONFIRMATION, OnboardingStatus.RUNNING}
@@ -83,9 +82,7 @@ def onboarding_list(request):
                 request, _("Reading the host key of %(address)s…") % {"address": job.address}
             )
             return redirect("machines:onboarding_detail", pk=job.pk)
-    page = Paginator(onboarding_services.onboarding_job_list(), PAGE_SIZE).get_page(
-        request.GET.get("page")
-    )
+    page = paginate(request, onboarding_services.onboarding_job_list())
     return render(request, "machines/onboarding_list.html", {"form": form, "page": page})
 
 

@@ -11,11 +11,11 @@ from django.conf import settings
 from django.utils import timezone
 from remotegpu_agent import protocol
 
-from .services import commands as command_services
-from .services import hosts as host_services
-from .services.heartbeats import batcher, heartbeat_check
-from .services.join import credential_authenticate
-from .services.realtime import CLOSE_CREDENTIAL_INVALID, CLOSE_CREDENTIAL_REVOKED, agent_group
+from ..services import commands as command_services
+from ..services import hosts as host_services
+from ..services.heartbeats import batcher, heartbeat_check
+from ..services.join import credential_authenticate
+from ..services.realtime import CLOSE_CREDENTIAL_INVALID, CLOSE_CREDENTIAL_REVOKED, agent_group
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
     The agent authenticates with ``Authorization: Bearer rhc_...`` at the handshake; an invalid
     or revoked credential is refused before accept (the client sees HTTP 403). The server then
     sends ``welcome`` and every open command; the agent sends ``inventory``, ``heartbeat``,
-    ``command_ack`` and ``command_result``. A malformed, oversized or unknown message is
-    answered with ``error`` and logged; it never closes the socket or crashes the server.
+    ``command_ack``, ``command_progress`` and ``command_result``. A malformed, oversized or
+    unknown message is answered with ``error`` and logged; it never closes the socket or
+    crashes the server.
     Revoking the credential closes the socket with 4403 (group event ``agent.disconnect``).
     """
 
@@ -96,6 +97,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             protocol.Inventory: self._on_inventory,
             protocol.CommandAck: self._on_ack,
             protocol.CommandResult: self._on_result,
+            protocol.CommandProgress: self._on_progress,
         }.get(type(message))
         if handler is None:
             reason = f"{message.type} is not an agent message"
@@ -144,6 +146,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
             ok=message.ok,
             result=message.result,
             error=message.error,
+        )
+
+    async def _on_progress(self, message):
+        await database_sync_to_async(command_services.command_progress)(
+            self.host.pk, message.command_id, message.progress
         )
 
     async def _send(self, message):

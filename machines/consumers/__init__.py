@@ -1,0 +1,1 @@
+"""WebSocket consumers: the host agent's connection and the onboarding page's live progress."""

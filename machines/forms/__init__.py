@@ -1,0 +1,1 @@
+"""Forms of the operator pages, one module per subject (as ``views/``)."""

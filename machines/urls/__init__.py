@@ -1,0 +1,39 @@
+"""Operator pages of the fleet, under ``/operator/`` (namespace ``machines``)."""
+
+from django.urls import include, path
+
+from ..views import alerts, hosts, join_tokens, regions
+
+app_name = "machines"
+
+urlpatterns = [
+    path("onboarding/", include("machines.urls.onboarding")),
+    path("", hosts.fleet_overview, name="fleet_overview"),
+    path("hosts/", hosts.host_list, name="host_list"),
+    path("hosts/import/", hosts.host_import, name="host_import"),
+    path("hosts/import/template.csv", hosts.host_import_template, name="host_import_template"),
+    path("hosts/<int:pk>/", hosts.host_detail, name="host_detail"),
+    path("hosts/<int:pk>/labels/", hosts.host_labels, name="host_labels"),
+    path("hosts/<int:pk>/status/", hosts.host_status, name="host_status"),
+    path("hosts/<int:pk>/commands/", hosts.host_command, name="host_command"),
+    path(
+        "hosts/<int:pk>/credential/revoke/",
+        hosts.host_credential_revoke,
+        name="host_credential_revoke",
+    ),
+    path(
+        "hosts/<int:pk>/credential/rotate/",
+        hosts.host_credential_rotate,
+        name="host_credential_rotate",
+    ),
+    path("join-tokens/", join_tokens.join_token_list, name="join_token_list"),
+    path("join-tokens/<int:pk>/revoke/", join_tokens.join_token_revoke, name="join_token_revoke"),
+    path("regions/", regions.region_list, name="region_list"),
+    path("alerts/", alerts.alert_list, name="alert_list"),
+    path("alerts/<int:pk>/", alerts.alert_detail, name="alert_detail"),
+    path("alerts/<int:pk>/acknowledge/", alerts.alert_acknowledge, name="alert_acknowledge"),
+    path("alerts/rules/", alerts.alert_rule_list, name="alert_rule_list"),
+    path("alerts/rules/new/", alerts.alert_rule_create, name="alert_rule_create"),
+    path("alerts/rules/<int:pk>/", alerts.alert_rule_edit, name="alert_rule_edit"),
+    path("alerts/rules/<int:pk>/enabled/", alerts.alert_rule_enabled, name="alert_rule_enabled"),
+]
