@@ -67,8 +67,17 @@ class UserAdmin(DjangoUserAdmin):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "is_personal", "is_active", "created_at"]
-    list_filter = ["is_active", "is_personal", "created_at"]
+    list_display = [
+        "name",
+        "slug",
+        "is_personal",
+        "is_active",
+        "gpu_quota",
+        "environment_quota",
+        "custom_images_allowed",
+        "created_at",
+    ]
+    list_filter = ["is_active", "is_personal", "custom_images_allowed", "created_at"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     inlines = [MembershipInline]

@@ -94,6 +94,20 @@ class Organization(TimeStampedModel):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="Membership", related_name="organizations"
     )
+    # Quotas, checked in the same transaction as a placement; operators raise them.
+    gpu_quota = models.PositiveIntegerField(
+        _("GPU quota"), default=8, help_text=_("GPUs its environments may hold at once.")
+    )
+    environment_quota = models.PositiveIntegerField(
+        _("environment quota"),
+        default=10,
+        help_text=_("Environments it may have at once (stopped ones count, deleted ones not)."),
+    )
+    custom_images_allowed = models.BooleanField(
+        _("custom images allowed"),
+        default=False,
+        help_text=_("Its members may run any image reference, not only the catalogue's."),
+    )
 
     class Meta:
         verbose_name = _("organisation")

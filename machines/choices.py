@@ -35,6 +35,13 @@ OPEN_COMMAND_STATES = frozenset({CommandStatus.PENDING, CommandStatus.SENT, Comm
 class CommandKind(models.TextChoices):
     PING = "ping", _("Ping")
     COLLECT_DIAGNOSTICS = "collect_diagnostics", _("Collect diagnostics")
+    IMAGE_PULL = "image_pull", _("Pull an image")
+    ENVIRONMENT_RUN = "environment_run", _("Run an environment")
+    ENVIRONMENT_STOP = "environment_stop", _("Stop an environment")
+    ENVIRONMENT_RESTART = "environment_restart", _("Restart an environment")
+    ENVIRONMENT_DELETE = "environment_delete", _("Delete an environment")
+    ENVIRONMENT_LOGS = "environment_logs", _("Read an environment's logs")
+    CONTAINER_REMOVE = "container_remove", _("Remove a container")
 
 
 class AlertMetric(models.TextChoices):

@@ -98,6 +98,21 @@ class Host(TimeStampedModel):
     agent_version = models.CharField(_("agent version"), max_length=50, blank=True)
     gpu_backend = models.CharField(_("GPU back end"), max_length=20, blank=True)
     containers = models.JSONField(_("managed containers"), default=list, blank=True)
+    # Whether the agent could list its containers in the latest inventory: without Docker
+    # ``containers`` is unknown, and nothing is concluded from it.
+    containers_known = models.BooleanField(_("containers known"), default=False)
+    images = models.JSONField(_("images present"), default=list, blank=True)
+    # Environments' ports are published on host ports from this range, unique per host.
+    port_range_start = models.PositiveIntegerField(
+        _("first published port"),
+        default=40000,
+        validators=[MinValueValidator(1024), MaxValueValidator(65535)],
+    )
+    port_range_end = models.PositiveIntegerField(
+        _("last published port"),
+        default=44999,
+        validators=[MinValueValidator(1024), MaxValueValidator(65535)],
+    )
     connected = models.BooleanField(_("agent connected"), default=False)
     # The channel of the agent's newest socket: an older socket closing late must not mark a
     # reconnected host disconnected.
@@ -132,6 +147,11 @@ class Host(TimeStampedModel):
     @property
     def clock_offset_abs(self) -> float | None:
         return None if self.clock_offset is None else abs(self.clock_offset)
+
+    @property
+    def has_container_runtime(self) -> bool:
+        """The agent drives a Docker Engine here: environments can be placed on it."""
+        return bool(self.docker_version)
 
     @property
     def labels_text(self) -> str:

@@ -7,4 +7,5 @@ app_name = "api"
 urlpatterns = [
     path("", include("accounts.api.urls")),
     path("", include("machines.api.urls")),
+    path("", include("environments.api.urls")),
 ]

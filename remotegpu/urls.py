@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from accounts import views as accounts_views
 from machines import prometheus
-from machines.onboarding_views import agent_wheel_download
+from machines.views.onboarding import agent_wheel_download
 from remotegpu.core import views as core_views
 
 urlpatterns = [
@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", RedirectView.as_view(pattern_name="swagger-ui", permanent=False)),
     path("operator/", include("machines.urls")),
+    path("environments/", include("environments.urls")),
     path(
         "agent/download/remotegpu_agent-<str:version>-py3-none-any.whl",
         agent_wheel_download,

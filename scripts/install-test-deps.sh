@@ -30,3 +30,5 @@ if [ "$(id -u)" = 0 ] && ! id rgpu-onboard >/dev/null 2>&1; then
   useradd --create-home --shell /bin/sh rgpu-onboard
   echo "rgpu-onboard:$(head -c 24 /dev/urandom | base64)" | chpasswd
 fi
+# The Docker Engine, registry and busybox the environment tests drive; dockerd started if needed.
+bash "$(dirname "$0")/docker-engine.sh"

@@ -30,8 +30,11 @@ from accounts.services.organizations import organization_create
 from accounts.services.ssh_keys import ssh_key_add
 from accounts.services.tokens import IssuedToken, token_create
 from accounts.tests.factories import MembershipFactory, OperatorFactory, UserFactory
+from environments.services.lifecycle import environment_create
+from environments.tests.factories import ImageFactory, SpecFactory, host_with_gpus
 from machines.choices import AlertStatus, CommandStatus, GPUHealth, HostStatus
-from machines.models import Alert, AlertRule, GPUSample, HostSample
+from machines.models import AgentCommand, Alert, AlertRule, GPUSample, HostSample
+from machines.services.commands import command_finish
 from machines.tests.factories import (
     AgentCommandFactory,
     GPUFactory,
@@ -61,7 +64,8 @@ MAX_EXAMPLES = 25
 # so that one operation runs on its own, last.
 TOKEN_REVOKE = "DELETE /api/v1/tokens/{id}/"
 FLEET_PATHS = (
-    r"^/api/v1/(regions|hosts|gpus|host-commands|join-tokens|fleet|agent|alerts|alert-rules)/"
+    r"^/api/v1/(regions|hosts|gpus|host-commands|join-tokens|fleet|agent|alerts|alert-rules"
+    r"|images|specs|environments|registry-credentials)/"
 )
 
 
@@ -91,6 +95,14 @@ def owner_token(transactional_db) -> IssuedToken:
     ssh_key_add(user=owner, name="laptop", public_key=_public_key())
     notification_create(owner, "Welcome", organization=organization, url="/")
     token_create(user=owner, name="read only")
+    # A host with free GPUs, a spec, an image and a running environment: creates can place.
+    host_with_gpus(4)
+    spec, image = SpecFactory(), ImageFactory()
+    environment = environment_create(
+        user=owner, organization=organization, name="fuzzed-env", spec=spec, image=image
+    )
+    command = AgentCommand.objects.get(payload__environment_id=environment.pk)
+    command_finish(command.host_id, str(command.pk), ok=True, result={"time": 1.0}, error="")
     return token_create(user=owner, name="fuzzer", write_enabled=True)
 
 

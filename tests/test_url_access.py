@@ -45,6 +45,17 @@ from accounts.services.organizations import organization_create
 from accounts.services.ssh_keys import ssh_key_add
 from accounts.services.tokens import token_create
 from accounts.tests.factories import OperatorFactory, UserFactory
+from environments.choices import EnvironmentStatus
+from environments.models import (
+    Environment,
+    EnvironmentEvent,
+    GPUAssignment,
+    Image,
+    OrphanContainer,
+    PortAllocation,
+    RegistryCredential,
+    Spec,
+)
 from machines.choices import AlertMetric, AlertStatus, OnboardingAuth, Severity
 from machines.models import (
     GPU,
@@ -140,6 +151,8 @@ PUBLIC_ROUTES = {
 # endpoint, whose caller authenticates with the join token in the body.
 AGENT_JOIN = "api:agent-join"
 FLEET_FOR_EVERYONE = {"api:region-list", "api:region-detail"}
+# Specs are offered to everyone signed in; they belong to no organisation.
+OFFERED_TO_EVERYONE = {"api:spec-detail"}
 
 # allauth pages a signed-out visitor may open; every other allauth page wants a session.
 ALLAUTH_ANONYMOUS = {
@@ -212,6 +225,22 @@ PK_OBJECTS = {
     "onboarding_progress": "onboarding_job",
     "onboarding_confirm": "onboarding_job",
     "onboarding_cancel": "onboarding_job",
+    # Environments: A's environment, A's private image; specs belong to no organisation.
+    "environment-detail": "environment",
+    "environment-start": "environment",
+    "environment-stop": "environment",
+    "environment-restart": "environment",
+    "environment-logs": "environment",
+    "environment-events": "environment",
+    "environment_detail": "environment",
+    "environment_start": "environment",
+    "environment_stop": "environment",
+    "environment_restart": "environment",
+    "environment_delete": "environment",
+    "image-detail": "image",
+    "image-prepull": "image",
+    "spec-detail": "spec",
+    "registry-credential-detail": "registry_credential",
 }
 
 # Which object of A the admin's ``<path:object_id>`` routes open, by model.
@@ -243,6 +272,14 @@ ADMIN_OBJECTS = {
     "machines.alertrule": "alert_rule",
     "machines.alert": "alert",
     "machines.onboardingjob": "onboarding_job",
+    "environments.image": "image",
+    "environments.spec": "spec",
+    "environments.registrycredential": "registry_credential",
+    "environments.environment": "environment",
+    "environments.environmentevent": "environment_event",
+    "environments.gpuassignment": "gpu_assignment",
+    "environments.portallocation": "port_allocation",
+    "environments.orphancontainer": "orphan_container",
 }
 
 # Admin pages that do not answer an operator's GET with 200, and what they answer instead.
@@ -265,6 +302,13 @@ OPERATOR_ADMIN_STATUS = {
     "admin:machines_agentcommand_add": 403,
     "admin:machines_alert_add": 403,  # alerts come from rule evaluation
     "admin:machines_onboardingjob_add": 403,  # started from the pages that confirm host keys
+    # Environments are created where they are placed (portal, API); their events, GPU
+    # assignments, ports and orphans come from the services that keep them.
+    "admin:environments_environment_add": 403,
+    "admin:environments_environmentevent_add": 403,
+    "admin:environments_gpuassignment_add": 403,
+    "admin:environments_portallocation_add": 403,
+    "admin:environments_orphancontainer_add": 403,
 }
 
 # Parameters that are no object of A: the admin's catch-all, the admin index of one app, the
@@ -321,6 +365,7 @@ def world(db) -> World:
     organization_create(user=outsider, name="Borealis Labs", slug="borealis")
     operator = OperatorFactory(email="olga@operators.test", name="Olga Operator")
     fleet = _fleet(operator)
+    environment = _environment(organization, member, fleet.objects["host"], fleet.objects["gpu"])
 
     objects = {
         "organization": organization,
@@ -337,6 +382,7 @@ def world(db) -> World:
         "user_session": user_session,
         "group": Group.objects.create(name="operators-on-call"),
         **fleet.objects,
+        **environment,
     }
     return World(
         organization=organization,
@@ -441,6 +487,45 @@ def _fleet(operator: User) -> Fleet:
     )
 
 
+def _environment(organization, member, host, gpu) -> dict:
+    """A's running environment on the fleet's host, from A's private image, with its event, GPU
+    assignment and port; a spec, a registry login and an orphan container."""
+    image = Image.objects.create(
+        name="Acme private trainer",
+        reference="registry.acme.test/acme/trainer:1",
+        organization=organization,
+    )
+    spec = Spec.objects.create(name="One test GPU", gpu_model="Test GPU 80GB", gpu_count=1)
+    environment = Environment.objects.create(
+        organization=organization,
+        created_by=member,
+        name="acme-train",
+        spec=spec,
+        image=image,
+        image_reference=image.reference,
+        host=host,
+        status=EnvironmentStatus.RUNNING,
+    )
+    return {
+        "image": image,
+        "spec": spec,
+        "environment": environment,
+        "environment_event": EnvironmentEvent.objects.create(
+            environment=environment, status=EnvironmentStatus.RUNNING, message="acme running"
+        ),
+        "gpu_assignment": GPUAssignment.objects.create(environment=environment, gpu=gpu),
+        "port_allocation": PortAllocation.objects.create(
+            environment=environment, host=host, host_port=40001, container_port=8888, role="http"
+        ),
+        "registry_credential": RegistryCredential.objects.create(
+            registry="registry.kestrel.test", username="kestrel-bot", password_encrypted="x"
+        ),
+        "orphan_container": OrphanContainer.objects.create(
+            host=host, container_id="kestrel" + "0" * 57, environment_label="1"
+        ),
+    }
+
+
 def _param_value(route: Route, param: str, world: World) -> str | None:
     objects = world.objects
     if param in {"slug", "organization_slug"}:
@@ -496,8 +581,8 @@ def _url(route: Route, world: World) -> str:
 
 
 def _is_about_a(route: Route) -> bool:
-    if route.name in FLEET_FOR_EVERYONE:
-        return False  # regions belong to no organisation and every signed-in user reads them
+    if route.name in FLEET_FOR_EVERYONE | OFFERED_TO_EVERYONE:
+        return False  # regions and specs belong to no organisation; everyone signed in reads
     return any(param not in NEUTRAL_PARAMS for param in route.params)
 
 
@@ -596,6 +681,7 @@ def _table_fingerprint(ignore_logout_of: User | None = None) -> dict[str, tuple[
         if model._meta.app_label not in {
             "accounts",
             "machines",
+            "environments",
             "account",
             "mfa",
             "auth",

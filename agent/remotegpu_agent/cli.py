@@ -26,6 +26,7 @@ import psutil
 
 from . import __version__
 from .client import EXIT_CONFIG, Agent
+from .containers import DockerDriver
 from .gpu import BACKENDS, GPUBackend, get_backend
 from .host import host_facts
 from .protocol import MAX_HEARTBEAT_INTERVAL, VERSION
@@ -167,6 +168,9 @@ def command_run(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         disk_path=args.disk_path,
         log_file=log_file,
+        docker=None
+        if args.no_docker
+        else DockerDriver(gpu_backend=backend.name, publish_address=args.publish_address),
     )
     try:
         return asyncio.run(agent.run())
@@ -428,6 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
         "which judges the host offline after three of them without a heartbeat",
     )
     run.add_argument("--disk-path", default="/", help="the file system whose size is reported")
+    run.add_argument(
+        "--publish-address",
+        default="0.0.0.0",
+        help="the host address environments' ports are published on (default: all)",
+    )
+    run.add_argument(
+        "--no-docker",
+        action="store_true",
+        help="run no environments on this host (it reports no container runtime)",
+    )
     run.add_argument(
         "--log-file",
         default=os.environ.get("REMOTEGPU_AGENT_LOG_FILE"),

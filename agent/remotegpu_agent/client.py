@@ -12,12 +12,14 @@ would only hammer the server with a revoked key. See docs/agent-protocol.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -28,11 +30,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
 from . import __version__, commands, host
+from .containers import DockerDriver, DockerUnavailable
 from .gpu import GPUBackend
 from .protocol import (
     MAX_MESSAGE_BYTES,
     Command,
     CommandAck,
+    CommandProgress,
     CommandResult,
     Error,
     Heartbeat,
@@ -88,6 +92,7 @@ class Agent:
         log_file: Path | None = None,
         initial_backoff: float = 1.0,
         max_backoff: float = 60.0,
+        docker: DockerDriver | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -96,7 +101,10 @@ class Agent:
         self.disk_path = disk_path
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
-        self.context = commands.CommandContext(backend, disk_path=disk_path, log_file=log_file)
+        self.docker = docker
+        self.context = commands.CommandContext(
+            backend, disk_path=disk_path, log_file=log_file, docker=docker
+        )
         self.status = AgentStatus(pid=os.getpid(), started_at=iso_now(), server=config.server_url)
         self.store: CommandStore | None = None
         self._connection: ClientConnection | None = None
@@ -104,6 +112,8 @@ class Agent:
         self._running: dict[str, asyncio.Task] = {}
         self._main: asyncio.Task | None = None
         self._stop_requested = False
+        self._wake: asyncio.Event | None = None
+        self._events_stop = threading.Event()
 
     # Status ----------------------------------------------------------------------------------
 
@@ -126,6 +136,11 @@ class Agent:
         if interrupted:
             logger.warning("%d command(s) were running when the agent stopped", interrupted)
         self._send_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        if self.docker is not None:
+            threading.Thread(
+                target=self._watch_docker, args=(loop,), name="docker-events", daemon=True
+            ).start()
         self._main = asyncio.ensure_future(self._connect_forever())
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for signum in signals:
@@ -143,6 +158,7 @@ class Agent:
                 loop.remove_signal_handler(signum)
             for task in list(self._running.values()):
                 task.cancel()
+            self._events_stop.set()
             self.store.close()
             self._set_status(
                 connected=False,
@@ -295,19 +311,52 @@ class Agent:
 
     # Reports ---------------------------------------------------------------------------------
 
+    def _watch_docker(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Docker's events for managed containers wake the report loop, so a container that
+        stops, dies or vanishes reaches the server at once rather than at the next tick."""
+        while not self._events_stop.is_set():
+            try:
+                for _event in self.docker.events(self._events_stop):
+                    loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # the event loop closed: the agent is stopping
+                return
+            except Exception as exc:  # dockerd restarting, or absent: wake once, retry later
+                logger.debug("docker events: %s", exc)
+                try:
+                    loop.call_soon_threadsafe(self._wake.set)
+                except RuntimeError:
+                    return
+            self._events_stop.wait(5.0)
+
+    def _containers(self, inventory: Inventory) -> None:
+        if self.docker is None:
+            return
+        try:
+            inventory.time = time.time()
+            inventory.containers = self.docker.managed_containers()
+            inventory.images = self.docker.image_tags()
+            inventory.containers_known = True
+        except DockerUnavailable as exc:
+            logger.debug("%s", exc)
+        except Exception as exc:  # a list call that failed says nothing about containers
+            logger.warning("cannot list containers: %s", exc)
+
     def _collect(self, interval: float) -> tuple[Inventory, Heartbeat]:
         """Inventory and heartbeat from the same moment (run in a worker thread). The inventory
         says how often heartbeats come, so the server judges silence by this agent's pace."""
         facts = host.host_facts(self.disk_path, self.backend.name)
         facts.heartbeat_interval = float(interval)
         inventory = Inventory(facts=facts, gpus=self.backend.inventory())
+        self._containers(inventory)
         figures = host.host_sample(self.disk_path)
         heartbeat = Heartbeat(time=time.time(), gpus=self.backend.sample(), **asdict(figures))
         return inventory, heartbeat
 
     @staticmethod
     def inventory_digest(inventory: Inventory) -> str:
-        content = {key: value for key, value in inventory.to_dict().items() if key != "id"}
+        content = {
+            key: value for key, value in inventory.to_dict().items() if key not in ("id", "time")
+        }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     async def _report(self, interval: float) -> None:
@@ -316,6 +365,7 @@ class Agent:
         sent_digest = ""
         next_at = loop.time()
         while True:
+            due = loop.time() >= next_at
             try:
                 inventory, heartbeat = await asyncio.to_thread(self._collect, interval)
             except Exception as exc:  # a broken sensor must not end the session: try next tick
@@ -326,11 +376,20 @@ class Agent:
                 if digest != sent_digest:
                     await self._send(inventory)
                     sent_digest = digest
-                    logger.info("inventory sent: %d GPU(s)", len(inventory.gpus))
-                await self._send(heartbeat)
-                self._set_status(last_heartbeat_at=iso_now())
-            next_at = max(next_at + interval, loop.time())
-            await asyncio.sleep(next_at - loop.time())
+                    logger.info(
+                        "inventory sent: %d GPU(s), %d container(s)",
+                        len(inventory.gpus),
+                        len(inventory.containers),
+                    )
+                if due:
+                    await self._send(heartbeat)
+                    self._set_status(last_heartbeat_at=iso_now())
+            if due:
+                next_at = max(next_at + interval, loop.time())
+            # Sleep until the next heartbeat, or until Docker says a container changed.
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - loop.time()))
 
     # Commands --------------------------------------------------------------------------------
 
@@ -355,10 +414,26 @@ class Agent:
         logger.info("command %s (%s) started", command.command_id, command.kind)
         self._running[command.command_id] = asyncio.ensure_future(self._execute(command))
 
+    def _progress_sender(self, command_id: str):
+        """A callable for the handler's worker thread: each call sends a ``command_progress``
+        on the event loop; a progress report lost with the connection is not resent."""
+        loop = asyncio.get_running_loop()
+
+        def send(progress: dict[str, Any]) -> None:
+            message = CommandProgress(command_id=command_id, progress=progress)
+            future = asyncio.run_coroutine_threadsafe(self._send(message), loop)
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+        return send
+
     async def _execute(self, command: Command) -> None:
         try:
             outcome = await commands.execute(
-                command.kind, command.payload, self.context, command.deadline
+                command.kind,
+                command.payload,
+                self.context,
+                command.deadline,
+                progress=self._progress_sender(command.command_id),
             )
             result = CommandResult(
                 command_id=command.command_id,

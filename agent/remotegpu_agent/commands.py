@@ -13,13 +13,14 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import __version__, host
+from .containers import DockerDriver
 from .gpu import GPUBackend
-from .protocol import VERSION
+from .protocol import VERSION, EnvironmentRun, ProtocolError, parse_payload
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +31,21 @@ LOG_LINE_MAX_CHARS = 1000
 
 @dataclass
 class CommandContext:
-    """What handlers may use: the agent's GPU back end and settings."""
+    """What handlers may use: the agent's GPU back end, Docker and settings. ``progress``
+    sends a ``command_progress`` for the command being run (set per command)."""
 
     backend: GPUBackend
     disk_path: str = "/"
     log_file: Path | None = None
     started_at: float = field(default_factory=time.time)
+    docker: DockerDriver | None = None
+    progress: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def driver(self) -> DockerDriver:
+        if self.docker is None:
+            raise RuntimeError("this agent runs without Docker")
+        return self.docker
 
 
 @dataclass
@@ -86,13 +96,83 @@ def collect_diagnostics(payload: dict[str, Any], context: CommandContext) -> dic
     }
 
 
+def _environment_id(payload: dict[str, Any]) -> int:
+    value = payload.get("environment_id")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ProtocolError("environment_id: expected a positive integer")
+    return value
+
+
+def image_pull(payload: dict[str, Any], context: CommandContext) -> dict[str, Any]:
+    image = payload.get("image")
+    if not isinstance(image, str) or not image:
+        raise ProtocolError("image: expected a reference")
+    auth = payload.get("registry_auth") or None
+    return context.driver.image_pull(image, auth=auth, report=context.progress)
+
+
+def environment_run(payload: dict[str, Any], context: CommandContext) -> dict[str, Any]:
+    spec = parse_payload(EnvironmentRun, payload)
+    return context.driver.run(spec, report=context.progress)
+
+
+def environment_stop(payload: dict[str, Any], context: CommandContext) -> dict[str, Any]:
+    return context.driver.stop(_environment_id(payload))
+
+
+def environment_restart(payload: dict[str, Any], context: CommandContext) -> dict[str, Any]:
+    return context.driver.restart(_environment_id(payload))
+
+
+def environment_delete(payload: dict[str, Any], context: CommandContext) -> dict[str, Any]:
+    return context.driver.delete(_environment_id(payload))
+
+
+def environment_logs(payload: dict[str, Any], context: CommandContext) -> dict[str, Any]:
+    tail = payload.get("tail", 100)
+    if isinstance(tail, bool) or not isinstance(tail, int) or not 1 <= tail <= 10_000:
+        raise ProtocolError("tail: expected 1 to 10000")
+    return context.driver.logs(_environment_id(payload), tail)
+
+
+def container_remove(payload: dict[str, Any], context: CommandContext) -> dict[str, Any]:
+    container_id = payload.get("container_id")
+    if not isinstance(container_id, str) or not container_id:
+        raise ProtocolError("container_id: expected a container id")
+    return context.driver.remove_container(container_id)
+
+
 Handler = Callable[[dict[str, Any], CommandContext], dict[str, Any]]
-HANDLERS: dict[str, Handler] = {"ping": ping, "collect_diagnostics": collect_diagnostics}
-TIME_LIMITS: dict[str, float] = {"ping": 5.0, "collect_diagnostics": 30.0}
+HANDLERS: dict[str, Handler] = {
+    "ping": ping,
+    "collect_diagnostics": collect_diagnostics,
+    "image_pull": image_pull,
+    "environment_run": environment_run,
+    "environment_stop": environment_stop,
+    "environment_restart": environment_restart,
+    "environment_delete": environment_delete,
+    "environment_logs": environment_logs,
+    "container_remove": container_remove,
+}
+TIME_LIMITS: dict[str, float] = {
+    "ping": 5.0,
+    "collect_diagnostics": 30.0,
+    "image_pull": 3600.0,
+    "environment_run": 3600.0,  # may pull first; the command's deadline is the real bound
+    "environment_stop": 60.0,
+    "environment_restart": 60.0,
+    "environment_delete": 60.0,
+    "environment_logs": 15.0,
+    "container_remove": 30.0,
+}
 
 
 async def execute(
-    kind: str, payload: dict[str, Any], context: CommandContext, deadline: float = 0.0
+    kind: str,
+    payload: dict[str, Any],
+    context: CommandContext,
+    deadline: float = 0.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Outcome:
     """Run one command in a worker thread, within its time limit and deadline (Unix seconds,
     0 for none). A handler that overruns is reported failed; its thread is left to finish."""
@@ -105,11 +185,18 @@ async def execute(
         if remaining <= 0:
             return Outcome(ok=False, error="the deadline passed before the agent could run it")
         limit = min(limit, remaining)
+    if progress is not None:
+        context = replace(context, progress=progress)
     try:
         result = await asyncio.wait_for(asyncio.to_thread(handler, payload, context), limit)
     except asyncio.TimeoutError:
         return Outcome(ok=False, error=f"{kind} did not finish within {limit:.1f} s")
     except Exception as exc:
         logger.exception("command %s failed", kind)
-        return Outcome(ok=False, error=f"{kind} failed: {type(exc).__name__}: {exc}")
+        # The exception's class tells the server why (PullError: the image could not be had).
+        return Outcome(
+            ok=False,
+            result={"exception": type(exc).__name__},
+            error=f"{kind} failed: {type(exc).__name__}: {exc}",
+        )
     return Outcome(ok=True, result=result)

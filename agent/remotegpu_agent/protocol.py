@@ -19,6 +19,8 @@ VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_GPUS = 64
 MAX_CONTAINERS = 1024
+MAX_IMAGES = 500
+MAX_PORTS = 64
 MAX_HEARTBEAT_INTERVAL = 3600  # seconds
 
 
@@ -74,6 +76,48 @@ class GPUSample:
 
 
 @dataclass
+class ContainerInfo:
+    """A container the agent manages (labelled ``remotegpu.managed=true``), as Docker lists it.
+    ``environment`` is the environment id from its label; ``state`` is Docker's (created,
+    running, restarting, paused, exited, dead)."""
+
+    id: str
+    name: str
+    environment: str
+    state: str
+    image: str = ""
+    created: int = 0  # Unix seconds
+
+
+@dataclass
+class PortSpec:
+    """A container port published on a host port the server allocated."""
+
+    container_port: int
+    host_port: int
+    protocol: str = "tcp"
+
+
+@dataclass
+class EnvironmentRun:
+    """The payload of ``environment_run``: make this environment's container run."""
+
+    environment_id: int
+    organization_id: int
+    image: str
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    gpu_uuids: list[str] = field(default_factory=list)
+    nano_cpus: int = 0
+    memory: int = 0  # bytes
+    pids_limit: int = 4096
+    shm_size: int = 0  # bytes; 0: Docker's default
+    ports: list[PortSpec] = field(default_factory=list)
+    # {"username", "password", "serveraddress"} for a private registry; never logged.
+    registry_auth: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class HostFacts:
     hostname: str
     cpu_model: str
@@ -99,7 +143,13 @@ class Inventory(Message):
     type: ClassVar[str] = "inventory"
     facts: HostFacts
     gpus: list[GPUInfo]
-    containers: list[str] = field(default_factory=list)
+    containers: list[ContainerInfo] = field(default_factory=list)
+    # False when Docker did not answer: ``containers`` is then unknown, not empty.
+    containers_known: bool = False
+    # The agent's clock when it listed the containers (a container started after it is absent).
+    time: float = 0.0
+    # Image references the host holds; placement prefers hosts that already have one.
+    images: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +186,16 @@ class CommandResult(Message):
     error: str = ""
 
 
+@dataclass
+class CommandProgress(Message):
+    """How far a running command has got (an image pull's layers and bytes); informative,
+    never stored as the outcome."""
+
+    type: ClassVar[str] = "command_progress"
+    command_id: str
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
 # Server → agent ----------------------------------------------------------------------------
 
 
@@ -169,21 +229,47 @@ class Error(Message):
     ref: str = ""
 
 
-COMMAND_KINDS = frozenset({"ping", "collect_diagnostics"})
+COMMAND_KINDS = frozenset(
+    {
+        "ping",
+        "collect_diagnostics",
+        "image_pull",
+        "environment_run",
+        "environment_stop",
+        "environment_restart",
+        "environment_delete",
+        "environment_logs",
+        "container_remove",
+    }
+)
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.type: cls
-    for cls in (Inventory, Heartbeat, CommandAck, CommandResult, Welcome, Command, Error)
+    for cls in (
+        Inventory,
+        Heartbeat,
+        CommandAck,
+        CommandProgress,
+        CommandResult,
+        Welcome,
+        Command,
+        Error,
+    )
 }
 _NESTED = {
     (Inventory, "facts"): HostFacts,
     (Inventory, "gpus"): GPUInfo,
     (Heartbeat, "gpus"): GPUSample,
+    (Inventory, "containers"): ContainerInfo,
+    (EnvironmentRun, "ports"): PortSpec,
 }
 _LIMITS = {
     (Inventory, "gpus"): MAX_GPUS,
     (Heartbeat, "gpus"): MAX_GPUS,
     (Inventory, "containers"): MAX_CONTAINERS,
+    (Inventory, "images"): MAX_IMAGES,
+    (EnvironmentRun, "gpu_uuids"): MAX_GPUS,
+    (EnvironmentRun, "ports"): MAX_PORTS,
 }
 
 
@@ -233,6 +319,11 @@ def _fields_of(cls) -> tuple[dict[str, Any], frozenset[str]]:
     return known, frozenset(known) | {"type"}
 
 
+def _where(cls) -> str:
+    # Messages are named by their type, payload pieces (GPUSample, EnvironmentRun) by class.
+    return getattr(cls, "type", "") or cls.__name__
+
+
 def _build(cls, data: Any, owner=None):
     if not isinstance(data, dict):
         raise ProtocolError(f"{cls.__name__}: expected an object")
@@ -252,19 +343,23 @@ def _build(cls, data: Any, owner=None):
             if isinstance(value, list):
                 limit = _LIMITS.get((cls, name))
                 if limit is not None and len(value) > limit:
-                    raise ProtocolError(f"{cls.type}.{name}: more than {limit} items")
+                    raise ProtocolError(f"{_where(cls)}.{name}: more than {limit} items")
                 value = [_build(nested, item) for item in value]
             else:
                 value = _build(nested, value)
         elif (cls, name) in _LIMITS:
             if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-                raise ProtocolError(f"{cls.type}.{name}: expected a list of strings")
+                raise ProtocolError(f"{_where(cls)}.{name}: expected a list of strings")
             if len(value) > _LIMITS[(cls, name)]:
-                raise ProtocolError(f"{cls.type}.{name}: more than {_LIMITS[(cls, name)]} items")
+                raise ProtocolError(f"{_where(cls)}.{name}: more than {_LIMITS[(cls, name)]} items")
         elif isinstance(spec.type, str) and spec.type.startswith(("dict", "list")):
             expected = dict if spec.type.startswith("dict") else list
             if not isinstance(value, expected):
-                raise ProtocolError(f"{cls.__name__}.{name}: expected {expected.__name__}")
+                raise ProtocolError(f"{_where(cls)}.{name}: expected {expected.__name__}")
+            if spec.type.startswith(("dict[str, str]", "list[str]")) and not all(
+                isinstance(item, str) for item in (value.values() if expected is dict else value)
+            ):
+                raise ProtocolError(f"{_where(cls)}.{name}: expected strings")
         else:
             value = _coerce(cls, name, value, spec.type)
         values[name] = value
@@ -329,6 +424,12 @@ def parse(raw: str | bytes) -> Message:
     if not isinstance(data.get("id"), str) or not 0 < len(data["id"]) <= 64:
         raise ProtocolError("a message needs an 'id' string of 1 to 64 characters")
     return _build(MESSAGE_TYPES[kind], data)
+
+
+def parse_payload(cls, data: Any):
+    """A command's payload dict -> its dataclass (``EnvironmentRun``), checked like a message;
+    ``ProtocolError`` says what is wrong."""
+    return _build(cls, data)
 
 
 def dump(message: Message) -> str:

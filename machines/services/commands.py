@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.db import transaction
@@ -91,6 +92,40 @@ def command_acknowledge(host_id: int, command_id: str) -> bool:
     )
 
 
+# Apps above this one (environments) act on their commands' outcomes and progress without this
+# app importing them: a handler per command kind, registered when the app is ready.
+_result_handlers: dict[str, Callable[[AgentCommand], None]] = {}
+_progress_handlers: dict[str, Callable[[AgentCommand, dict], None]] = {}
+
+
+def command_result_handler(kind: str):
+    """Register ``function(command)``, called once when a command of ``kind`` finishes
+    (succeeded, failed, or past its deadline), inside the transaction that records it."""
+
+    def register(function):
+        _result_handlers[kind] = function
+        return function
+
+    return register
+
+
+def command_progress_handler(kind: str):
+    """Register ``function(command, progress)`` for a running command's progress reports."""
+
+    def register(function):
+        _progress_handlers[kind] = function
+        return function
+
+    return register
+
+
+def _finished(command: AgentCommand) -> None:
+    handler = _result_handlers.get(command.kind)
+    if handler is not None:
+        handler(command)
+
+
+@transaction.atomic
 def command_finish(host_id: int, command_id: str, *, ok: bool, result: dict, error: str) -> bool:
     """Record the outcome once; a resent result for a finished command changes nothing."""
     pk = _command_uuid(command_id)
@@ -99,22 +134,46 @@ def command_finish(host_id: int, command_id: str, *, ok: bool, result: dict, err
     if len(json.dumps(result)) > MAX_RESULT_BYTES:
         result = {"truncated": True}
         error = error or "result too large"
-    return bool(
-        AgentCommand.objects.filter(host_id=host_id, pk=pk, status__in=OPEN_COMMAND_STATES).update(
-            status=CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED,
-            result=result,
-            error=error[:10_000],
-            finished_at=timezone.now(),
-        )
+    updated = AgentCommand.objects.filter(
+        host_id=host_id, pk=pk, status__in=OPEN_COMMAND_STATES
+    ).update(
+        status=CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED,
+        result=result,
+        error=error[:10_000],
+        finished_at=timezone.now(),
     )
+    if updated:
+        _finished(AgentCommand.objects.get(pk=pk))
+    return bool(updated)
+
+
+def command_progress(host_id: int, command_id: str, progress: dict) -> bool:
+    """A running command's progress, handed to its kind's handler; nothing is stored here."""
+    pk = _command_uuid(command_id)
+    if pk is None:
+        return False
+    command = AgentCommand.objects.filter(
+        host_id=host_id, pk=pk, status__in=OPEN_COMMAND_STATES
+    ).first()
+    handler = _progress_handlers.get(command.kind) if command is not None else None
+    if handler is None:
+        return False
+    handler(command, progress)
+    return True
 
 
 def command_expire_overdue() -> int:
     """Open commands past their deadline fail with a reason (beat)."""
-    return AgentCommand.objects.filter(
-        status__in=OPEN_COMMAND_STATES, deadline__lte=timezone.now()
-    ).update(
-        status=CommandStatus.FAILED,
-        error=_("No result before the deadline."),
-        finished_at=timezone.now(),
-    )
+    now = timezone.now()
+    expired = 0
+    overdue = AgentCommand.objects.filter(status__in=OPEN_COMMAND_STATES, deadline__lte=now)
+    for pk in overdue.values_list("pk", flat=True):
+        with transaction.atomic():
+            if AgentCommand.objects.filter(pk=pk, status__in=OPEN_COMMAND_STATES).update(
+                status=CommandStatus.FAILED,
+                error=_("No result before the deadline."),
+                finished_at=now,
+            ):
+                expired += 1
+                _finished(AgentCommand.objects.get(pk=pk))
+    return expired

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -144,7 +146,9 @@ def host_apply_inventory(host: Host, inventory) -> None:
         gpu_backend=facts.gpu_backend[:20],
         # 0 means an agent too old to say: offline detection falls back to the configured one.
         agent_heartbeat_interval=facts.heartbeat_interval or None,
-        containers=list(inventory.containers),
+        containers=[asdict(container) for container in inventory.containers],
+        containers_known=inventory.containers_known,
+        images=list(inventory.images),
         last_seen_at=timezone.now(),
     )
     uuids = [info.uuid[:100] for info in inventory.gpus]
@@ -178,6 +182,18 @@ def host_apply_inventory(host: Host, inventory) -> None:
         )
         seen.append(info.uuid[:100])
     GPU.objects.filter(host=host).exclude(uuid__in=seen).update(health=GPUHealth.LOST)
+    for listener in _inventory_listeners:
+        listener(host, inventory)
+
+
+# Apps above this one (environments) learn of every inventory without this app importing them.
+_inventory_listeners: list[Callable[[Host, protocol.Inventory], None]] = []
+
+
+def inventory_listener(function: Callable[[Host, protocol.Inventory], None]):
+    """Register ``function(host, inventory)``, called inside the inventory's transaction."""
+    _inventory_listeners.append(function)
+    return function
 
 
 # Operator states ---------------------------------------------------------------------------

@@ -70,6 +70,8 @@ def _host_form(host, labels) -> dict:
         "region": host.region_id,
         "labels": json.dumps(labels) if not isinstance(labels, str) else labels,
         "heartbeat_interval": host.heartbeat_interval,
+        "port_range_start": host.port_range_start,
+        "port_range_end": host.port_range_end,
         "gpus-TOTAL_FORMS": "0",
         "gpus-INITIAL_FORMS": "0",
         "gpus-MIN_NUM_FORMS": "0",

@@ -98,7 +98,12 @@ def test_host_connected_brings_it_online_unless_an_operator_state_holds(db, befo
 def test_inventory_stores_facts_and_gpus_by_uuid(db):
     host = HostFactory(cpu_model="", cpu_cores=0, last_seen_at=None)
     host_apply_inventory(
-        host, _inventory(_gpu("GPU-a", 0), _gpu("GPU-b", 1), containers=["rg-env-1"])
+        host,
+        _inventory(
+            _gpu("GPU-a", 0),
+            _gpu("GPU-b", 1),
+            containers=[protocol.ContainerInfo("c1", "rgpu-env-1", "1", "running")],
+        ),
     )
 
     host.refresh_from_db()
@@ -114,7 +119,16 @@ def test_inventory_stores_facts_and_gpus_by_uuid(db):
         "24.0.7",
     )
     assert (host.agent_version, host.gpu_backend) == ("0.1.0", "fake")
-    assert host.containers == ["rg-env-1"]
+    assert host.containers == [
+        {
+            "id": "c1",
+            "name": "rgpu-env-1",
+            "environment": "1",
+            "state": "running",
+            "image": "",
+            "created": 0,
+        }
+    ]
     assert host.last_seen_at is not None
     gpus = list(host.gpus.order_by("index"))
     assert [(g.uuid, g.index, g.model, g.health) for g in gpus] == [

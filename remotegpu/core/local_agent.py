@@ -53,6 +53,26 @@ def _nvidia_gpus_present() -> bool:
         return False
 
 
+FAKE_GPU_MODEL = "NVIDIA A100-SXM4-80GB"  # the fake back end's default
+
+
+def local_gpu_model() -> str:
+    """The model of this machine's first NVIDIA GPU, else the fake back end's."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            if pynvml.nvmlDeviceGetCount() == 0:
+                return FAKE_GPU_MODEL
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+            return name.decode() if isinstance(name, bytes) else name
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: the fake back end runs
+        return FAKE_GPU_MODEL
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--server", required=True)

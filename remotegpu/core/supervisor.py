@@ -16,11 +16,32 @@ import sys
 from honcho.manager import Manager
 from honcho.printer import Printer
 
-from . import embedded
+from . import docker_engine, embedded, local_agent
 
 
 def _manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "manage.py", *args], check=True, env=env, cwd=embedded.BASE_DIR)
+
+
+def _seed_environments(env: dict[str, str]) -> None:
+    """The local Docker Engine (started when installed and we may), the demo image in it, and
+    the demo specs; without an engine, say how to get one."""
+    client, note = docker_engine.engine_ensure(embedded.data_dir() / "dockerd.log")
+    if note:
+        print(note, flush=True)
+    image = None
+    if client is not None:
+        image, why = docker_engine.demo_image(client)
+        if why:
+            print(why, flush=True)
+    _manage(
+        "seed_environments_demo",
+        "--gpu-model",
+        local_agent.local_gpu_model(),
+        "--image",
+        image or "",
+        env=env,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         embedded.start()
         _manage("migrate", "--no-input", "-v", "0", env=env)
         _manage("seed_demo", env=env)
+        _seed_environments(env)
 
         python = shlex.quote(sys.executable)
         manager = Manager(Printer(sys.stdout))

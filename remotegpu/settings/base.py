@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "remotegpu.core",
     "accounts",
     "machines",
+    "environments",
 ]
 
 MIDDLEWARE = [
@@ -216,6 +217,9 @@ SPECTACULAR_SETTINGS = {
         "InvitationStatusEnum": "accounts.choices.InvitationStatus",
         "HostStatusEnum": "machines.choices.HostStatus",
         "CommandStatusEnum": "machines.choices.CommandStatus",
+        "RoleEnum": "accounts.choices.Role",
+        "PortRoleEnum": "environments.choices.PortRole",
+        "EnvironmentStatusEnum": "environments.choices.EnvironmentStatus",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -292,7 +296,20 @@ CELERY_BEAT_SCHEDULE = {
         "task": "machines.tasks.onboarding_expire_task",
         "schedule": 60,
     },
+    "sweep-environments": {
+        "task": "environments.tasks.environment_sweep_task",
+        "schedule": 5,
+        "options": {"expires": 5},
+    },
 }
+# Environments: how long provisioning (a pull included) may take before it fails with
+# provision_timeout; the pids limit of every container; how long a labelled container that no
+# environment owns is left before it is removed (it may be a create the database has not seen).
+ENVIRONMENT_PROVISION_TIMEOUT = int(env("ENVIRONMENT_PROVISION_TIMEOUT", "900"))
+ENVIRONMENT_PIDS_LIMIT = int(env("ENVIRONMENT_PIDS_LIMIT", "4096"))
+ENVIRONMENT_ORPHAN_GRACE_SECONDS = int(env("ENVIRONMENT_ORPHAN_GRACE_SECONDS", "300"))
+# Seconds a request for an environment's output waits for its host to answer.
+ENVIRONMENT_LOGS_TIMEOUT = float(env("ENVIRONMENT_LOGS_TIMEOUT", "10"))
 # A live agent connection re-joins its channel group and sends commands whose push was lost
 # (a Redis restart) this often.
 AGENT_RESYNC_SECONDS = int(env("AGENT_RESYNC_SECONDS", "60"))

@@ -7,6 +7,7 @@ attached to the report of any failing test, and is always stopped when its fixtu
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -138,17 +139,58 @@ def process_env(django_db_setup) -> dict[str, str]:
         "DATABASE_URL": database_url_for_tests(),
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_TASK_ALWAYS_EAGER": "0",
+        # Real agents answer: give them the production wait for an environment's output.
+        "ENVIRONMENT_LOGS_TIMEOUT": "10",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def join_agent(server: DaphneServer, state: Path, name: str) -> str:
+    """``remotegpu-agent join`` against ``server`` with a fresh join token; the credential."""
+    from accounts.tests.factories import OperatorFactory
+    from machines.services.join import join_token_create
+
+    operator = OperatorFactory()
+    issued = join_token_create(operator=operator, name="integration", labels={"rack": "a1"})
+    result = subprocess.run(
+        [
+            AGENT,
+            "join",
+            "--server",
+            server.base_url,
+            "--token",
+            issued.plaintext,
+            "--name",
+            name,
+            "--state-dir",
+            str(state),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rhc_" not in result.stdout + result.stderr  # the credential is never printed
+    config = state / "config.json"
+    assert config.stat().st_mode & 0o777 == 0o600
+    return json.loads(config.read_text())["credential"]
 
 
 def _start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> ManagedProcess:
     return ManagedProcess(name, argv, env, log_dir / f"{name}.log")
 
 
-def start_agent(state: Path, control: Path, log_dir: Path, name: str = "agent") -> ManagedProcess:
+def start_agent(
+    state: Path,
+    control: Path,
+    log_dir: Path,
+    name: str = "agent",
+    extra_args: tuple[str, ...] = ("--no-docker",),
+) -> ManagedProcess:
     """``remotegpu-agent run`` from ``state``: two fake GPUs steered by the ``control`` file,
-    a heartbeat every ``AGENT_INTERVAL`` seconds."""
+    a heartbeat every ``AGENT_INTERVAL`` seconds; without Docker unless ``extra_args`` say
+    otherwise (``()``: the host's Docker Engine, ports published on all addresses)."""
     argv = [
         AGENT,
         "run",
@@ -162,6 +204,7 @@ def start_agent(state: Path, control: Path, log_dir: Path, name: str = "agent") 
         str(AGENT_INTERVAL),
         "--state-dir",
         str(state),
+        *extra_args,
     ]
     return _start(name, argv, dict(os.environ), log_dir)
 

@@ -15,7 +15,7 @@ from accounts.tests.factories import OperatorFactory
 from machines.choices import CommandStatus, HostStatus
 from machines.models import GPU, AgentCommand, GPUSample, Host, HostSample
 from machines.services.commands import command_create
-from machines.services.join import credential_revoke, join_token_create
+from machines.services.join import credential_revoke
 
 from .conftest import (
     AGENT,
@@ -24,39 +24,12 @@ from .conftest import (
     DaphneServer,
     _answers_healthz,
     _start,
+    join_agent,
     start_agent,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-def _join(server: DaphneServer, state: Path, name: str) -> str:
-    operator = OperatorFactory()
-    issued = join_token_create(operator=operator, name="integration", labels={"rack": "a1"})
-    result = subprocess.run(
-        [
-            AGENT,
-            "join",
-            "--server",
-            server.base_url,
-            "--token",
-            issued.plaintext,
-            "--name",
-            name,
-            "--state-dir",
-            str(state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "rhc_" not in result.stdout + result.stderr  # the credential is never printed
-    config = state / "config.json"
-    assert config.stat().st_mode & 0o777 == 0o600
-    return json.loads(config.read_text())["credential"]
 
 
 def _status(state: Path) -> tuple[int, dict]:
@@ -77,7 +50,7 @@ def _host(name: str) -> Host | None:
 def test_agent_joins_reports_and_answers_commands(daphne_server, tmp_path):
     state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
     control.write_text("{}")
-    _join(daphne_server, state, "it-host-1")
+    join_agent(daphne_server, state, "it-host-1")
     agent = start_agent(state, control, tmp_path)
     try:
         # Online first, then the inventory (a separate message) has been stored.
@@ -154,7 +127,7 @@ def test_agent_joins_reports_and_answers_commands(daphne_server, tmp_path):
 def test_kill_9_then_restart_is_online_again_without_duplicate_samples(daphne_server, tmp_path):
     state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
     control.write_text("{}")
-    _join(daphne_server, state, "it-host-2")
+    join_agent(daphne_server, state, "it-host-2")
     agent = start_agent(state, control, tmp_path, "agent-first")
     try:
         host = wait_until(
@@ -221,7 +194,7 @@ def test_agent_reconnects_after_daphne_restarts(process_env, tmp_path):
     server = start_daphne("daphne-first")
     state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
     control.write_text("{}")
-    _join(server, state, "it-host-3")
+    join_agent(server, state, "it-host-3")
     agent = start_agent(state, control, tmp_path)
     try:
         host = wait_until(

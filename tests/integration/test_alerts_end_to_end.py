@@ -21,8 +21,7 @@ from machines.services.alerts import (
 )
 from machines.tests.webhook_receiver import WebhookReceiver
 
-from .conftest import START_TIMEOUT, start_agent, wait_until
-from .test_agent_end_to_end import _join
+from .conftest import START_TIMEOUT, join_agent, start_agent, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -43,7 +42,7 @@ def test_gpu_temperature_alert_fires_is_acknowledged_and_resolves(daphne_server,
     operator = OperatorFactory()
     state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
     control.write_text(json.dumps({"temperature": 40}))
-    _join(daphne_server, state, "it-alert-host")
+    join_agent(daphne_server, state, "it-alert-host")
     agent = start_agent(state, control, tmp_path)
     with WebhookReceiver(SECRET) as receiver:
         try:

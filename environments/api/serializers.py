@@ -1,0 +1,210 @@
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from accounts.models import Organization, SSHKey
+from machines.models import Host, Region
+
+from ..choices import PlacementStrategy, PortRole
+from ..models import Environment, EnvironmentEvent, Image, RegistryCredential, Spec
+
+
+class PortSerializer(serializers.Serializer):
+    port = serializers.IntegerField(min_value=1, max_value=65535)
+    role = serializers.ChoiceField(choices=PortRole.choices, default=PortRole.TCP)
+    name = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=Organization.objects.all(),
+        allow_null=True,
+        required=False,
+        help_text=_("Empty: a public image."),
+    )
+    ports = PortSerializer(many=True, required=False)
+    command = serializers.ListField(child=serializers.CharField(), required=False)
+    env = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+
+    class Meta:
+        model = Image
+        fields = [
+            "id",
+            "name",
+            "reference",
+            "description",
+            "framework",
+            "cuda_version",
+            "command",
+            "env",
+            "ports",
+            "organization",
+            "is_active",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+
+
+class ImagePrepullSerializer(serializers.Serializer):
+    hosts = serializers.PrimaryKeyRelatedField(queryset=Host.objects.all(), many=True)
+
+
+class SpecSerializer(serializers.ModelSerializer):
+    regions = serializers.SlugRelatedField(slug_field="slug", many=True, read_only=True)
+    available = serializers.SerializerMethodField(
+        help_text=_("How many environments of this spec could be placed right now.")
+    )
+    available_by_region = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Spec
+        fields = [
+            "id",
+            "name",
+            "description",
+            "gpu_model",
+            "gpu_count",
+            "vcpu",
+            "memory_gib",
+            "disk_gib",
+            "regions",
+            "host_labels",
+            "is_active",
+            "available",
+            "available_by_region",
+        ]
+
+    def _availability(self, spec):
+        return self.context.get("availability", {}).get(spec.pk)
+
+    def get_available(self, spec) -> int:
+        availability = self._availability(spec)
+        return availability.total if availability else 0
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "integer"}})
+    def get_available_by_region(self, spec) -> dict:
+        availability = self._availability(spec)
+        return availability.by_region if availability else {}
+
+
+class SpecBriefSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Spec
+        fields = ["id", "name", "gpu_model", "gpu_count", "vcpu", "memory_gib", "disk_gib"]
+
+
+class AllocatedPortSerializer(serializers.Serializer):
+    container_port = serializers.IntegerField()
+    host_port = serializers.IntegerField()
+    role = serializers.CharField()
+    name = serializers.CharField()
+
+
+class AssignedGPUSerializer(serializers.Serializer):
+    uuid = serializers.CharField(source="gpu.uuid")
+    index = serializers.IntegerField(source="gpu.index")
+    model = serializers.CharField(source="gpu.model")
+
+
+class EnvironmentSerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    spec = SpecBriefSerializer(read_only=True)
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    host = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    host_address = serializers.SerializerMethodField()
+    ports = AllocatedPortSerializer(many=True, read_only=True)
+    gpus = AssignedGPUSerializer(source="open_assignments", many=True, read_only=True)
+
+    class Meta:
+        model = Environment
+        fields = [
+            "id",
+            "name",
+            "organization",
+            "status",
+            "status_reason",
+            "status_message",
+            "status_changed_at",
+            "spec",
+            "image",
+            "image_reference",
+            "command",
+            "env",
+            "region",
+            "host",
+            "host_address",
+            "without_gpu",
+            "gpus",
+            "ports",
+            "container_state",
+            "progress",
+            "created_at",
+            "started_at",
+            "stopped_at",
+        ]
+
+    def get_host_address(self, environment) -> str:
+        host = environment.host
+        return (host.address or host.hostname) if host is not None else ""
+
+
+class EnvironmentCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=63)
+    organization = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=Organization.objects.filter(is_active=True),
+        required=False,
+        help_text=_("Default: your current organisation."),
+    )
+    spec = serializers.PrimaryKeyRelatedField(queryset=Spec.objects.filter(is_active=True))
+    image = serializers.PrimaryKeyRelatedField(
+        queryset=Image.objects.filter(is_active=True), required=False, allow_null=True
+    )
+    image_reference = serializers.CharField(max_length=300, required=False, allow_blank=True)
+    region = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Region.objects.all(), required=False, allow_null=True
+    )
+    env = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, max_length=4096, trim_whitespace=False),
+        required=False,
+    )
+    ports = PortSerializer(many=True, required=False)
+    ssh_keys = serializers.PrimaryKeyRelatedField(
+        queryset=SSHKey.objects.all(), many=True, required=False
+    )
+    command = serializers.ListField(
+        child=serializers.CharField(trim_whitespace=False), required=False, allow_null=True
+    )
+    strategy = serializers.ChoiceField(
+        choices=PlacementStrategy.choices, default=PlacementStrategy.BINPACK
+    )
+
+
+class EnvironmentStartSerializer(serializers.Serializer):
+    without_gpu = serializers.BooleanField(
+        default=False, help_text=_("Start on CPU only, with the same volume.")
+    )
+    wait = serializers.BooleanField(
+        default=False,
+        help_text=_("If its GPUs are taken, wait for them (pending) instead of answering 409."),
+    )
+
+
+class EnvironmentEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = EnvironmentEvent
+        fields = ["created_at", "status", "message", "details"]
+
+
+class EnvironmentLogsSerializer(serializers.Serializer):
+    lines = serializers.ListField(child=serializers.CharField())
+
+
+class RegistryCredentialSerializer(serializers.ModelSerializer):
+    password = serializers.CharField(write_only=True, style={"input_type": "password"})
+
+    class Meta:
+        model = RegistryCredential
+        fields = ["id", "registry", "username", "password", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]

@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class EnvironmentsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "environments"
+    verbose_name = _("Environments")
+
+    def ready(self):
+        # Registers what the fleet tells this app: command outcomes, progress, inventories.
+        from .services import reconciliation, results  # noqa: F401

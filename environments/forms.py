@@ -1,0 +1,120 @@
+from django import forms
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from accounts.models import Organization, SSHKey, User
+from machines.models import Region
+
+from .choices import PlacementStrategy, PortRole
+from .models import Image, Spec
+from .selectors import spec_availability, spec_list
+from .services.images import image_list_for_organization
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    variables = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise forms.ValidationError(
+                _("Line %(number)d: write NAME=value.") % {"number": number}
+            )
+        variables[name.strip()] = value
+    return variables
+
+
+def _parse_ports(text: str) -> list[dict]:
+    ports = []
+    for item in text.replace(",", " ").split():
+        port, _sep, role = item.partition(":")
+        if not port.isdigit():
+            raise forms.ValidationError(_("%(item)s is not a port.") % {"item": item})
+        role = role or PortRole.TCP
+        if role not in PortRole.values:
+            raise forms.ValidationError(_("Unknown port role %(role)s.") % {"role": role})
+        ports.append({"port": int(port), "role": role})
+    return ports
+
+
+class EnvironmentCreateForm(forms.Form):
+    name = forms.CharField(
+        label=gettext_lazy("Name"),
+        max_length=63,
+        help_text=gettext_lazy("Lower-case letters, digits and hyphens."),
+    )
+    image = forms.ModelChoiceField(
+        label=gettext_lazy("Image"), queryset=Image.objects.none(), required=False
+    )
+    image_reference = forms.CharField(
+        label=gettext_lazy("Custom image reference"),
+        max_length=300,
+        required=False,
+        help_text=gettext_lazy("Instead of a catalogue image (where your organisation may)."),
+    )
+    spec = forms.ModelChoiceField(label=gettext_lazy("GPU spec"), queryset=Spec.objects.none())
+    region = forms.ModelChoiceField(
+        label=gettext_lazy("Region"),
+        queryset=Region.objects.all(),
+        required=False,
+        empty_label=gettext_lazy("Any region"),
+    )
+    env = forms.CharField(
+        label=gettext_lazy("Environment variables"),
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "font-monospace"}),
+        help_text=gettext_lazy("One NAME=value per line."),
+    )
+    ports = forms.CharField(
+        label=gettext_lazy("Extra ports"),
+        required=False,
+        help_text=gettext_lazy("Container ports to publish, e.g. 8080:http 9000:tcp."),
+    )
+    ssh_keys = forms.ModelMultipleChoiceField(
+        label=gettext_lazy("SSH keys to inject"),
+        queryset=SSHKey.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+    )
+    strategy = forms.ChoiceField(
+        label=gettext_lazy("Placement"),
+        choices=PlacementStrategy.choices,
+        initial=PlacementStrategy.BINPACK,
+    )
+
+    def __init__(self, *args, user: User, organization: Organization, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["image"].queryset = image_list_for_organization(organization)
+        if not organization.custom_images_allowed:
+            del self.fields["image_reference"]
+        specs = list(spec_list())
+        availability = spec_availability(specs)
+        self.fields["spec"].queryset = spec_list()
+        self.fields["spec"].label_from_instance = lambda spec: (
+            _("%(name)s — %(vcpu)d vCPU, %(memory)d GiB — %(available)d available now")
+            % {
+                "name": spec.name,
+                "vcpu": spec.vcpu,
+                "memory": spec.memory_gib,
+                "available": availability[spec.pk].total,
+            }
+        )
+        self.fields["ssh_keys"].queryset = SSHKey.objects.filter(user=user)
+        for name, field in self.fields.items():
+            if name != "ssh_keys":
+                field.widget.attrs.setdefault("class", "")
+                field.widget.attrs["class"] += (
+                    " form-select" if isinstance(field.widget, forms.Select) else " form-control"
+                )
+
+    def clean_env(self):
+        return _parse_env(self.cleaned_data["env"])
+
+    def clean_ports(self):
+        return _parse_ports(self.cleaned_data["ports"])
+
+
+class EnvironmentStartForm(forms.Form):
+    without_gpu = forms.BooleanField(required=False)
+    wait = forms.BooleanField(required=False)

@@ -1,0 +1,117 @@
+"""Portal pages of environments: list, create, page, actions; query counts pinned."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from accounts.tests.factories import PASSWORD
+from environments.choices import EnvironmentStatus as S
+from environments.models import Environment
+
+from .conftest import latest_command, run_succeeds
+from .factories import EnvironmentFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def browser(client, customer, organization):
+    customer.current_organization = organization
+    customer.save()
+    client.login(email=customer.email, password=PASSWORD)
+    return client
+
+
+def test_create_on_the_page_then_act(browser, spec, image, host):
+    page = browser.get(reverse("environments:environment_create"))
+    assert page.status_code == 200
+    assert "4 available now" in page.content.decode()
+
+    response = browser.post(
+        reverse("environments:environment_create"),
+        {
+            "name": "notebook-1",
+            "image": image.pk,
+            "spec": spec.pk,
+            "env": "A=1\nB=two words",
+            "ports": "9000:tcp",
+            "strategy": "binpack",
+        },
+    )
+    environment = Environment.objects.get(name="notebook-1")
+    assert response.status_code == 302
+    assert response["Location"] == environment.get_absolute_url()
+    assert environment.env == {"A": "1", "B": "two words"}
+    assert environment.status == S.PROVISIONING
+
+    run_succeeds(environment)
+    detail = browser.get(environment.get_absolute_url()).content.decode()
+    assert 'data-testid="action-stop"' in detail
+    assert f"{host.address}:" in detail  # the published ports
+
+    browser.post(reverse("environments:environment_stop", args=[environment.pk]))
+    environment.refresh_from_db()
+    assert environment.status == S.STOPPING
+    assert latest_command(environment).kind == "environment_stop"
+
+
+def test_form_errors_land_on_their_fields(browser, spec, image, host):
+    response = browser.post(
+        reverse("environments:environment_create"),
+        {"name": "Bad!", "image": image.pk, "spec": spec.pk, "env": "NOEQUALS", "strategy": "x"},
+    )
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert 'data-testid="error-env"' in body
+    assert 'data-testid="error-strategy"' in body
+    assert not Environment.objects.exists()
+
+    response = browser.post(
+        reverse("environments:environment_create"),
+        {"name": "Bad!", "image": image.pk, "spec": spec.pk, "strategy": "binpack"},
+    )
+    assert 'data-testid="error-name"' in response.content.decode()
+    assert not Environment.objects.exists()
+
+
+def test_delete_needs_the_name_typed(browser, spec, image, host, organization):
+    environment = EnvironmentFactory(organization=organization, spec=spec, image=image)
+    browser.post(
+        reverse("environments:environment_delete", args=[environment.pk]), {"confirm": "no"}
+    )
+    environment.refresh_from_db()
+    assert environment.status == S.PENDING
+    browser.post(
+        reverse("environments:environment_delete", args=[environment.pk]),
+        {"confirm": environment.name},
+    )
+    environment.refresh_from_db()
+    assert environment.status == S.DELETED  # it never had a host
+
+
+def test_list_query_count_is_pinned(browser, organization, spec, image):
+    EnvironmentFactory(organization=organization, spec=spec, image=image)
+    url = reverse("environments:environment_list")
+    browser.get(url)
+    with CaptureQueriesContext(connection) as few:
+        assert browser.get(url).status_code == 200
+    for _ in range(10):
+        EnvironmentFactory(organization=organization, spec=spec, image=image)
+    with CaptureQueriesContext(connection) as many:
+        assert browser.get(url).status_code == 200
+    assert len(many) == len(few)
+
+
+def test_operator_list_is_operators_only(browser, client, operator):
+    assert browser.get(reverse("environments:operator_environment_list")).status_code == 404
+    client.force_login(operator)
+    assert client.get(reverse("environments:operator_environment_list")).status_code == 200
+
+
+def test_specs_and_images_pages(browser, spec, image, host):
+    specs = browser.get(reverse("environments:spec_list")).content.decode()
+    assert spec.name in specs
+    assert 'data-testid="spec-available">4<' in specs
+    images = browser.get(reverse("environments:image_list")).content.decode()
+    assert image.reference in images

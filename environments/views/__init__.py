@@ -1,0 +1,1 @@
+"""Portal pages of environments and the image catalogue, on the shared generic pages."""

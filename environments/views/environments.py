@@ -1,0 +1,153 @@
+"""Environments: the organisation's list, create, the page with its logs, and its actions."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from remotegpu.core.pages import (
+    ScopedDetailView,
+    ScopedListView,
+    ServiceActionView,
+    ServiceFormView,
+)
+
+from .. import selectors
+from ..choices import EnvironmentStatus
+from ..filters import EnvironmentFilter
+from ..forms import EnvironmentCreateForm, EnvironmentStartForm
+from ..services import lifecycle
+
+
+class OrganizationEnvironmentsMixin:
+    """The environments of the organisation the user works in."""
+
+    def scoped_queryset(self):
+        queryset = selectors.environment_list_for_user(self.request.user, include_deleted=True)
+        organization = self.request.organization
+        return queryset.filter(organization=organization) if organization else queryset.none()
+
+
+class EnvironmentListView(OrganizationEnvironmentsMixin, ScopedListView):
+    template_name = "environments/environment_list.html"
+    partial_template_name = "environments/partials/environment_table.html"
+    filterset_class = EnvironmentFilter
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if not self.request.GET.get("status"):
+            queryset = queryset.exclude(status=EnvironmentStatus.DELETED)
+        return queryset
+
+
+class OperatorEnvironmentListView(ScopedListView):
+    """Every organisation's environments (operators)."""
+
+    operator_only = True
+    template_name = "environments/operator_environment_list.html"
+    partial_template_name = "environments/partials/environment_table.html"
+    filterset_class = EnvironmentFilter
+
+    def scoped_queryset(self):
+        return selectors.environment_list_for_user(self.request.user, include_deleted=True)
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "operator_view": True}
+
+
+class EnvironmentDetailView(ScopedDetailView):
+    template_name = "environments/environment_detail.html"
+    context_object_name = "environment"
+
+    def scoped_queryset(self):
+        return selectors.environment_list_for_user(self.request.user, include_deleted=True)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["events"] = selectors.environment_event_list(self.object)
+        return context
+
+
+class EnvironmentCreateView(ServiceFormView):
+    template_name = "environments/environment_form.html"
+    form_class = EnvironmentCreateForm
+    success_message = gettext_lazy("Environment created: it is being provisioned.")
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.user.is_authenticated and request.organization is None:
+            messages.info(request, _("Environments belong to an organisation: create one first."))
+            return redirect("accounts:organization_create")
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_form_kwargs(self):
+        return {
+            **super().get_form_kwargs(),
+            "user": self.request.user,
+            "organization": self.request.organization,
+        }
+
+    def perform(self, form):
+        data = dict(form.cleaned_data)
+        return lifecycle.environment_create(
+            user=self.request.user,
+            organization=self.request.organization,
+            name=data["name"],
+            spec=data["spec"],
+            image=data["image"],
+            image_reference=data.get("image_reference", ""),
+            region=data["region"],
+            env=data["env"],
+            ports=data["ports"],
+            ssh_keys=list(data["ssh_keys"]),
+            strategy=data["strategy"],
+        )
+
+    def get_success_url(self):
+        return self.result.get_absolute_url()
+
+
+class EnvironmentActionView(ServiceActionView):
+    def scoped_queryset(self):
+        return selectors.environment_list_for_user(self.request.user, include_deleted=True)
+
+
+class EnvironmentStartView(EnvironmentActionView):
+    success_message = gettext_lazy("Starting.")
+
+    def perform(self, obj):
+        form = EnvironmentStartForm(self.request.POST)
+        form.is_valid()
+        lifecycle.environment_start(user=self.request.user, environment=obj, **form.cleaned_data)
+
+
+class EnvironmentStopView(EnvironmentActionView):
+    success_message = gettext_lazy("Stopping: /workspace is kept.")
+
+    def perform(self, obj):
+        lifecycle.environment_stop(user=self.request.user, environment=obj)
+
+
+class EnvironmentRestartView(EnvironmentActionView):
+    success_message = gettext_lazy("Restarting.")
+
+    def perform(self, obj):
+        lifecycle.environment_restart(user=self.request.user, environment=obj)
+
+
+class EnvironmentDeleteView(EnvironmentActionView):
+    success_message = gettext_lazy("Deleting its container and volume.")
+
+    def perform(self, obj):
+        if self.request.POST.get("confirm") != obj.name:
+            from remotegpu.core.errors import ValidationError
+
+            raise ValidationError(_("Type the environment's name to confirm the deletion."))
+        lifecycle.environment_delete(user=self.request.user, environment=obj)
+
+    def get_success_url(self, obj):
+        if obj.status == EnvironmentStatus.DELETING or obj.status == EnvironmentStatus.DELETED:
+            return reverse("environments:environment_list")
+        return obj.get_absolute_url()

@@ -1,0 +1,372 @@
+"""Environments end to end on real parts: daphne, a real agent driving the real Docker Engine,
+images pulled from a real local registry, the API over HTTP with a real token."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from accounts.choices import Role
+from accounts.services.tokens import token_create
+from accounts.tests.factories import MembershipFactory
+from environments.choices import EnvironmentStatus as S
+from environments.choices import StatusReason
+from environments.models import Environment, EnvironmentEvent, GPUAssignment, PortAllocation
+from environments.services.reconciliation import environment_sweep
+from environments.tests.factories import ImageFactory, SpecFactory
+from machines.choices import HostStatus
+from machines.models import Host
+from remotegpu.core.testing_docker import (
+    busybox_image,
+    image_with_unique_layer,
+    remove_labelled,
+    require_docker,
+    start_registry,
+)
+
+from .conftest import START_TIMEOUT, join_agent, start_agent, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+SERVE = "mkdir -p /www && echo hello-from-env > /www/index.html && exec httpd -f -p 8080 -h /www"
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    client = require_docker()
+    yield client
+    remove_labelled(client)
+
+
+@pytest.fixture(scope="module")
+def registry_image(docker_client, tmp_path_factory):
+    """A busybox image with a never-seen layer, pushed to a real local registry, and no copy
+    of it left in the engine: creating an environment from it really pulls."""
+    registry = start_registry(tmp_path_factory.mktemp("registry"))
+    base = busybox_image(docker_client)
+    local = image_with_unique_layer(docker_client, base, "remotegpu-test/env-image")
+    reference = registry.push(docker_client, local, "rgpu/env", "v1")
+    docker_client.images.remove(reference)
+    docker_client.images.remove(local)
+    yield reference
+    registry.stop(docker_client)
+
+
+@pytest.fixture
+def agent_host(daphne_server, docker_client, tmp_path):
+    state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
+    control.write_text("{}")
+    join_agent(daphne_server, state, f"docker-host-{tmp_path.name[-8:]}")
+    agent = start_agent(state, control, tmp_path, extra_args=("--publish-address", "127.0.0.1"))
+    host = wait_until(
+        lambda: Host.objects.filter(
+            status=HostStatus.ONLINE, connected=True, containers_known=True
+        ).first(),
+        timeout=START_TIMEOUT,
+        what="the agent's host online with Docker",
+        process=agent,
+    )
+    wait_until(lambda: host.gpus.count() == 2, timeout=10, what="its GPUs", process=agent)
+    yield host, agent, state, control
+    agent.stop()
+    remove_labelled(docker_client)
+
+
+class API:
+    def __init__(self, base_url: str, token: str):
+        self.base_url = base_url
+        self.token = token
+
+    def __call__(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(  # noqa: S310 (loopback)
+            self.base_url + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture
+def customer_api(daphne_server):
+    membership = MembershipFactory(role=Role.OWNER)
+    issued = token_create(user=membership.user, name="it", write_enabled=True)
+    return API(daphne_server.base_url, issued.plaintext), membership.organization
+
+
+def _wait_status(api, environment_id, status, agent, timeout=60):
+    def reached():
+        code, body = api("GET", f"/api/v1/environments/{environment_id}/")
+        assert code == 200, body
+        if body["status"] == S.FAILED and status != S.FAILED:
+            pytest.fail(f"environment failed: {body['status_message']}\n{agent.output()}")
+        return body if body["status"] == status else None
+
+    return wait_until(reached, timeout=timeout, what=f"status {status}", process=agent)
+
+
+def _http_text(port: int) -> str:
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        f"http://127.0.0.1:{port}/index.html", timeout=3
+    ) as response:
+        return response.read().decode()
+
+
+def _container(docker_client, environment_id):
+    found = docker_client.containers.list(
+        all=True, filters={"label": f"remotegpu.environment={environment_id}"}
+    )
+    return found[0] if found else None
+
+
+def test_create_inspect_stop_start_delete_through_the_api(
+    agent_host, customer_api, registry_image, docker_client
+):
+    host, agent, _, _ = agent_host
+    api, organization = customer_api
+    spec = SpecFactory(gpu_model="Fake GPU 80GB", gpu_count=1, vcpu=1, memory_gib=1)
+    image = ImageFactory(
+        reference=registry_image,
+        command=["sh", "-c", SERVE],
+        ports=[{"port": 8080, "role": "http", "name": "web"}],
+    )
+    gpu_model = host.gpus.first().model
+    spec.gpu_model = gpu_model
+    spec.save()
+
+    code, body = api(
+        "POST",
+        "/api/v1/environments/",
+        {
+            "name": "web-1",
+            "spec": spec.pk,
+            "image": image.pk,
+            "env": {"GREETING": "hi"},
+            "ports": [{"port": 9000, "role": "tcp"}],
+        },
+    )
+    assert code == 201, body
+    environment_id = body["id"]
+    running = _wait_status(api, environment_id, S.RUNNING, agent)
+
+    # The pull was real and its progress reached the system log.
+    messages = list(
+        EnvironmentEvent.objects.filter(environment_id=environment_id).values_list(
+            "message", flat=True
+        )
+    )
+    assert any("Pulling" in message for message in messages), messages
+    assert any("Image pulled" in message for message in messages), messages
+
+    container = _container(docker_client, environment_id)
+    attrs = container.attrs
+    labels = attrs["Config"]["Labels"]
+    assert labels["remotegpu.managed"] == "true"
+    assert labels["remotegpu.organization"] == str(organization.pk)
+    assert labels["remotegpu.gpus"] == running["gpus"][0]["uuid"]
+    config = attrs["HostConfig"]
+    assert config["Memory"] == 1024**3
+    assert config["NanoCpus"] == 10**9
+    assert config["PidsLimit"] > 0
+    assert config["Privileged"] is False
+    assert "no-new-privileges:true" in config["SecurityOpt"]
+    assert config["NetworkMode"] == f"rgpu-org-{organization.pk}"
+    mounts = attrs["Mounts"]
+    assert [(m["Type"], m["Name"], m["Destination"]) for m in mounts] == [
+        ("volume", f"rgpu-vol-{environment_id}", "/workspace")
+    ]
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert env["GREETING"] == "hi"
+    assert env["REMOTEGPU_GPU_UUIDS"] == running["gpus"][0]["uuid"]
+    assert env["REMOTEGPU_GPU_BACKEND"] == "fake"
+    ports = {p["container_port"]: p["host_port"] for p in running["ports"]}
+    assert set(ports) == {8080, 9000}
+    bindings = config["PortBindings"]
+    assert bindings["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(ports[8080])}]
+    assert env["REMOTEGPU_PORT_8080"] == str(ports[8080])
+
+    # A server inside answers on the published port.
+    assert wait_until(
+        lambda: _try_http(ports[8080]), timeout=10, what="the server in the container"
+    ).strip() == ("hello-from-env")
+
+    # Logs, read from the host now.
+    code, logs = api("GET", f"/api/v1/environments/{environment_id}/logs/?tail=50")
+    assert code == 200, logs
+    assert isinstance(logs["lines"], list)
+
+    # A file in /workspace survives stop and start.
+    assert container.exec_run(["sh", "-c", "echo kept > /workspace/note"]).exit_code == 0
+    code, body = api("POST", f"/api/v1/environments/{environment_id}/stop/")
+    assert code == 202, body
+    _wait_status(api, environment_id, S.STOPPED, agent)
+    assert _container(docker_client, environment_id) is None
+    assert not GPUAssignment.objects.filter(
+        environment_id=environment_id, released_at__isnull=True
+    ).exists()
+    code, body = api("POST", f"/api/v1/environments/{environment_id}/start/", {})
+    assert code == 202, body
+    _wait_status(api, environment_id, S.RUNNING, agent)
+    container = _container(docker_client, environment_id)
+    assert container.exec_run(["cat", "/workspace/note"]).output.strip() == b"kept"
+
+    # Delete: nothing of it is left on the engine, and its GPUs and ports are free.
+    code, body = api("DELETE", f"/api/v1/environments/{environment_id}/")
+    assert code == 202, body
+    wait_until(
+        lambda: Environment.objects.filter(pk=environment_id, status=S.DELETED).exists(),
+        timeout=30,
+        what="deleted",
+        process=agent,
+    )
+    assert _container(docker_client, environment_id) is None
+    assert not docker_client.volumes.list(filters={"name": f"rgpu-vol-{environment_id}"})
+    assert not GPUAssignment.objects.filter(
+        environment_id=environment_id, released_at__isnull=True
+    ).exists()
+    assert not PortAllocation.objects.filter(environment_id=environment_id).exists()
+
+
+def _try_http(port: int) -> str | None:
+    try:
+        return _http_text(port)
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def _running_environment(api, agent, host, registry_image, name, gpu_count=1):
+    model = host.gpus.first().model if gpu_count else ""
+    spec = SpecFactory(gpu_model=model, gpu_count=gpu_count, vcpu=1, memory_gib=1)
+    image = ImageFactory(reference=registry_image, command=["sh", "-c", SERVE])
+    code, body = api(
+        "POST", "/api/v1/environments/", {"name": name, "spec": spec.pk, "image": image.pk}
+    )
+    assert code == 201, body
+    _wait_status(api, body["id"], S.RUNNING, agent)
+    return body["id"]
+
+
+def test_a_container_removed_by_hand_marks_its_environment_lost(
+    agent_host, customer_api, registry_image, docker_client
+):
+    host, agent, _, _ = agent_host
+    api, _ = customer_api
+    environment_id = _running_environment(api, agent, host, registry_image, "lost-1")
+    _container(docker_client, environment_id).remove(force=True)
+    environment = wait_until(
+        lambda: Environment.objects.filter(pk=environment_id, status=S.FAILED).first(),
+        timeout=30,
+        what="the environment marked lost",
+        process=agent,
+    )
+    assert environment.status_reason == StatusReason.LOST
+    assert not GPUAssignment.objects.filter(
+        environment_id=environment_id, released_at__isnull=True
+    ).exists()
+
+
+def test_an_unknown_labelled_container_is_removed_after_the_grace_period(
+    agent_host, docker_client, settings
+):
+    host, agent, _, _ = agent_host
+    settings.ENVIRONMENT_ORPHAN_GRACE_SECONDS = 1
+    orphan = docker_client.containers.run(
+        busybox_image(docker_client),
+        ["sleep", "600"],
+        detach=True,
+        labels={"remotegpu.managed": "true", "remotegpu.environment": "987654321"},
+    )
+    from environments.models import OrphanContainer
+
+    wait_until(
+        lambda: OrphanContainer.objects.filter(host=host, container_id=orphan.id).exists(),
+        timeout=20,
+        what="the orphan noticed",
+        process=agent,
+    )
+    time.sleep(1.2)
+    assert environment_sweep()["orphans_removed"] == 1
+
+    def gone():
+        import docker.errors
+
+        try:
+            docker_client.containers.get(orphan.id)
+        except docker.errors.NotFound:
+            return True
+        return False
+
+    wait_until(gone, timeout=30, what="the orphan removed", process=agent)
+
+
+def test_the_agent_down_for_a_while_comes_back_to_the_right_state(
+    agent_host, customer_api, registry_image, docker_client, tmp_path
+):
+    host, agent, state, control = agent_host
+    api, _ = customer_api
+    environment_id = _running_environment(api, agent, host, registry_image, "steady-1")
+    agent.stop()
+    time.sleep(5)
+    restarted = start_agent(
+        state, control, tmp_path, name="agent-again", extra_args=("--publish-address", "127.0.0.1")
+    )
+    try:
+        wait_until(
+            lambda: Host.objects.filter(pk=host.pk, connected=True).exists(),
+            timeout=START_TIMEOUT,
+            what="the agent back",
+            process=restarted,
+        )
+        time.sleep(3)  # an inventory or two after reconnecting
+        environment = Environment.objects.get(pk=environment_id)
+        assert environment.status == S.RUNNING
+        containers = docker_client.containers.list(
+            all=True, filters={"label": f"remotegpu.environment={environment_id}"}
+        )
+        assert len(containers) == 1
+        assert containers[0].status == "running"
+    finally:
+        restarted.stop()
+
+
+def test_another_organisations_container_cannot_reach_it(
+    agent_host, customer_api, registry_image, docker_client, daphne_server
+):
+    host, agent, _, _ = agent_host
+    api, _ = customer_api
+    mine = _running_environment(api, agent, host, registry_image, "target-1", gpu_count=0)
+    neighbour = MembershipFactory(role=Role.OWNER)
+    other_api = API(
+        daphne_server.base_url,
+        token_create(user=neighbour.user, name="it", write_enabled=True).plaintext,
+    )
+    theirs = _running_environment(other_api, agent, host, registry_image, "prober-1", gpu_count=0)
+    target = _container(docker_client, mine)
+    network = next(iter(target.attrs["NetworkSettings"]["Networks"].values()))
+    probe = ["sh", "-c", f"echo | nc -w 2 {network['IPAddress']} 8080 && echo open || echo closed"]
+    assert _container(docker_client, theirs).exec_run(probe).output.strip().endswith(b"closed")
+
+    # This host has two cores: the prober makes room for a container of the same organisation,
+    # which does reach it.
+    assert other_api("DELETE", f"/api/v1/environments/{theirs}/")[0] == 202
+    wait_until(
+        lambda: Environment.objects.filter(pk=theirs, status=S.DELETED).exists(),
+        timeout=30,
+        what="the prober deleted",
+        process=agent,
+    )
+    same_org = _running_environment(api, agent, host, registry_image, "friend-1", gpu_count=0)
+    assert _container(docker_client, same_org).exec_run(probe).output.strip().endswith(b"open")
+    # The other organisation's API does not show it either.
+    code, _ = other_api("GET", f"/api/v1/environments/{mine}/")
+    assert code == 404
+    code, _ = other_api("POST", f"/api/v1/environments/{mine}/stop/")
+    assert code == 404
