@@ -1,0 +1,274 @@
+"""Benchmark: create-to-running of an environment through the API, against ``docker run -d``.
+
+Starts a real daphne and a real agent (fake GPUs, the local Docker Engine), then, alternating,
+RUNS times each:
+
+- ours: ``POST /api/v1/environments/`` with a read-write token until the environment is
+  ``running`` (the agent created and started the container and said so); the image is already
+  on the host, as after a pre-pull;
+- the floor: the Docker SDK's ``containers.run(detach=True)`` of the same image with the same
+  limits (CPU, memory, pids), a named volume at /workspace and one published port, on the same
+  engine: what ``docker run -d`` does.
+
+Both are deleted between runs (container and volume). Goal (issue 7): ratio at most 1.5 and at
+most 400 ms added at the median.
+
+Run: ``make bench NAME=provision`` (root, with Docker and busybox-static). Last line: JSON.
+"""
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "remotegpu.settings.dev")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+
+from accounts.choices import Role  # noqa: E402
+from accounts.models import Membership, Organization, User  # noqa: E402
+from accounts.services.tokens import token_create  # noqa: E402
+from environments.models import Environment, Image, Spec  # noqa: E402
+from machines.models import Host  # noqa: E402
+from machines.services.join import join_token_create  # noqa: E402
+from remotegpu.core.busybox_image import busybox_image_build  # noqa: E402
+
+RUNS = int(os.environ.get("RUNS", "20"))
+PREFIX = "bench-prov-"
+COMMAND = [
+    "sh",
+    "-c",
+    "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+]
+AGENT = str(Path(sys.executable).with_name("remotegpu-agent"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(condition, timeout: float, what: str, interval: float = 0.002):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def api(base: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(  # noqa: S310 (loopback)
+        base + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read() or b"{}")
+
+
+def clean(client) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"{PREFIX}floor"}):
+        container.remove(force=True)
+    Environment.objects.filter(organization__slug__startswith=PREFIX).delete()
+    Host.objects.filter(name__startswith=PREFIX).delete()
+    Organization.objects.filter(slug__startswith=PREFIX).delete()
+    User.objects.filter(email__startswith=PREFIX).delete()
+    Spec.objects.filter(name__startswith=PREFIX).delete()
+    Image.objects.filter(name__startswith=PREFIX).delete()
+
+
+def main() -> None:
+    import docker
+
+    client = docker.from_env()
+    image_tag = busybox_image_build(client, "remotegpu-bench/busybox")
+    clean(client)
+    work = Path(tempfile.mkdtemp(prefix="bench-provision-"))
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    daphne = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "remotegpu.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(work / "daphne.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    agent = None
+    try:
+        wait(lambda: _answers(base + "/healthz"), 30, "daphne", 0.2)
+        operator = User.objects.filter(is_staff=True).first() or User.objects.create_superuser(
+            email=f"{PREFIX}operator@example.com", password=None
+        )
+        issued = join_token_create(operator=operator, name=f"{PREFIX}token")
+        state = work / "agent"
+        name = f"{PREFIX}host"
+        subprocess.run(
+            [
+                AGENT,
+                "join",
+                "--server",
+                base,
+                "--token",
+                issued.plaintext,
+                "--name",
+                name,
+                "--state-dir",
+                str(state),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        agent = subprocess.Popen(
+            [
+                AGENT,
+                "run",
+                "--gpu-backend",
+                "fake",
+                "--fake-gpus",
+                "4",
+                "--state-dir",
+                str(state),
+                "--publish-address",
+                "127.0.0.1",
+                "--heartbeat-interval",
+                "5",
+            ],
+            stdout=open(work / "agent.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        host = wait(
+            lambda: Host.objects.filter(
+                name=name, connected=True, containers_known=True, status="online"
+            ).first(),
+            60,
+            "the agent's host online",
+            0.2,
+        )
+        model = wait(lambda: host.gpus.values_list("model", flat=True).first(), 30, "GPUs", 0.2)
+        user = User.objects.create_user(email=f"{PREFIX}owner@example.com", password=None)
+        org = Organization.objects.create(
+            name=f"{PREFIX}org", slug=f"{PREFIX}org", environment_quota=RUNS * 2 + 5
+        )
+        Membership.objects.create(user=user, organization=org, role=Role.OWNER)
+        token = token_create(user=user, name="bench", write_enabled=True).plaintext
+        spec = Spec.objects.create(
+            name=f"{PREFIX}1x", gpu_model=model, gpu_count=1, vcpu=1, memory_gib=1
+        )
+        image = Image.objects.create(
+            name=f"{PREFIX}image",
+            reference=image_tag,
+            command=COMMAND,
+            ports=[{"port": 8080, "role": "http"}],
+        )
+
+        ours, floor = [], []
+        for n in range(RUNS + 1):  # the first pair warms both paths up and is not counted
+            start = time.perf_counter()
+            created = api(
+                base,
+                token,
+                "POST",
+                "/api/v1/environments/",
+                {"name": f"b{n}", "spec": spec.pk, "image": image.pk},
+            )
+            wait(
+                lambda created=created: Environment.objects.filter(
+                    pk=created["id"], status="running"
+                ).exists(),
+                60,
+                "running",
+            )
+            elapsed_ours = (time.perf_counter() - start) * 1000
+            api(base, token, "DELETE", f"/api/v1/environments/{created['id']}/")
+            wait(
+                lambda created=created: Environment.objects.filter(
+                    pk=created["id"], status="deleted"
+                ).exists(),
+                60,
+                "deleted",
+            )
+
+            volume = f"{PREFIX}vol-{n}"
+            start = time.perf_counter()
+            container = client.containers.run(
+                image_tag,
+                COMMAND,
+                detach=True,
+                labels={f"{PREFIX}floor": "1"},
+                nano_cpus=10**9,
+                mem_limit=1 << 30,
+                memswap_limit=1 << 30,
+                pids_limit=settings.ENVIRONMENT_PIDS_LIMIT,
+                security_opt=["no-new-privileges:true"],
+                init=True,
+                volumes={volume: {"bind": "/workspace", "mode": "rw"}},
+                ports={"8080/tcp": ("127.0.0.1", free_port())},
+            )
+            elapsed_floor = (time.perf_counter() - start) * 1000
+            container.remove(force=True)
+            client.volumes.get(volume).remove(force=True)
+            if n:
+                ours.append(elapsed_ours)
+                floor.append(elapsed_floor)
+            print(
+                f"run {n}: ours {elapsed_ours:.0f} ms, docker run {elapsed_floor:.0f} ms",
+                flush=True,
+            )
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(10)
+        daphne.terminate()
+        daphne.wait(10)
+        clean(client)
+    median, floor_median = statistics.median(ours), statistics.median(floor)
+    print(
+        json.dumps(
+            {
+                "bench": "provision",
+                "runs": RUNS,
+                "median_ms": round(median, 1),
+                "floor_median_ms": round(floor_median, 1),
+                "ratio": round(median / floor_median, 2),
+                "added_ms": round(median - floor_median, 1),
+            }
+        )
+    )
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback)
+            return True
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
