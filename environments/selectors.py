@@ -12,7 +12,7 @@ from machines.models import Region
 
 from .choices import EnvironmentStatus
 from .models import Environment, EnvironmentEvent, GPUAssignment, Image, RegistryCredential, Spec
-from .services.placement import free_gpus, host_capacity, schedulable_hosts
+from .services.placement import free_gpus, host_capacity_rows, schedulable_hosts
 
 
 def organization_list_for_member(user: User) -> QuerySet[Organization]:
@@ -79,20 +79,14 @@ class Availability:
 
 def spec_availability(specs: list[Spec], region: Region | None = None) -> dict[int, Availability]:
     """For each spec: the number of environments that could be placed now, summed over hosts
-    (each host: the least of what its free GPUs, vCPUs and memory allow). Two queries,
+    (each host: the least of what its free GPUs, vCPUs and memory allow). Three queries,
     whatever the number of specs or hosts."""
-    hosts = schedulable_hosts()
-    if region is not None:
-        hosts = hosts.filter(region=region)
-    rows = list(
-        host_capacity(hosts).values(
-            "pk", "region_id", "region__slug", "labels", "free_vcpu", "free_memory"
-        )
-    )
+    rows = host_capacity_rows(region_id=region.pk if region is not None else None)
+    slugs = dict(Region.objects.values_list("pk", "slug"))
     gpus_by_host: dict[int, dict[str, int]] = defaultdict(dict)
     for row in (
         free_gpus()
-        .filter(host__in=[row["pk"] for row in rows])
+        .filter(host__in=schedulable_hosts())
         .values("host_id", "model")
         .annotate(count=Count("pk"))
     ):
@@ -102,17 +96,16 @@ def spec_availability(specs: list[Spec], region: Region | None = None) -> dict[i
         region_ids = {r.pk for r in spec.regions.all()}
         by_region: dict[str, int] = defaultdict(int)
         for row in rows:
-            if region_ids and row["region_id"] not in region_ids:
+            if region_ids and row.region_id not in region_ids:
                 continue
-            labels = row["labels"] or {}
-            if any(labels.get(key) != value for key, value in spec.host_labels.items()):
+            if any(row.labels.get(key) != value for key, value in spec.host_labels.items()):
                 continue
-            fits = min(row["free_vcpu"] // spec.vcpu, row["free_memory"] // spec.memory_bytes)
+            fits = min(row.free_vcpu // spec.vcpu, row.free_memory // spec.memory_bytes)
             if spec.gpu_count:
-                free = gpus_by_host[row["pk"]]
+                free = gpus_by_host[row.host_id]
                 count = free.get(spec.gpu_model, 0) if spec.gpu_model else sum(free.values())
                 fits = min(fits, count // spec.gpu_count)
             if fits > 0:
-                by_region[row["region__slug"] or ""] += fits
+                by_region[slugs.get(row.region_id, "")] += fits
         result[spec.pk] = Availability(total=sum(by_region.values()), by_region=dict(by_region))
     return result

@@ -129,6 +129,7 @@ class DockerDriver:
         self.publish_address = publish_address
         self._client = client
         self._network_lock = threading.Lock()
+        self._networks: set[str] = set()  # networks known to exist (they are never removed)
 
     @property
     def client(self):
@@ -227,6 +228,8 @@ class DockerDriver:
     def _network(self, organization_id: int) -> str:
         name = network_name(organization_id)
         with self._network_lock:
+            if name in self._networks:
+                return name
             if not self.client.networks.list(names=[name]):
                 self.client.networks.create(
                     name,
@@ -234,23 +237,20 @@ class DockerDriver:
                     check_duplicate=True,
                     labels={LABEL_MANAGED: "true", LABEL_ORGANIZATION: str(organization_id)},
                 )
+            self._networks.add(name)
         return name
 
     def _volume(self, spec: EnvironmentRun) -> str:
-        import docker.errors
-
+        """Docker's volume create is idempotent: an existing volume of that name is kept."""
         name = volume_name(spec.environment_id)
-        try:
-            self.client.volumes.get(name)
-        except docker.errors.NotFound:
-            self.client.volumes.create(
-                name,
-                labels={
-                    LABEL_MANAGED: "true",
-                    LABEL_ENVIRONMENT: str(spec.environment_id),
-                    LABEL_ORGANIZATION: str(spec.organization_id),
-                },
-            )
+        self.client.api.create_volume(
+            name,
+            labels={
+                LABEL_MANAGED: "true",
+                LABEL_ENVIRONMENT: str(spec.environment_id),
+                LABEL_ORGANIZATION: str(spec.organization_id),
+            },
+        )
         return name
 
     def _gpu_settings(self, spec: EnvironmentRun) -> tuple[list, dict[str, str]]:
@@ -340,14 +340,12 @@ class DockerDriver:
                 if existing is None:
                     raise
         if existing.status != "running":
-            existing.start()
-        existing.reload()
+            existing.start()  # raises if it cannot: a started container is running
         return {
             "time": time.time(),
             "container_id": existing.id,
-            "state": existing.status,
+            "state": "running",
             "pulled": pulled,
-            "started_at": existing.attrs.get("State", {}).get("StartedAt", ""),
         }
 
     def restart(self, environment_id: int) -> dict[str, Any]:

@@ -41,8 +41,8 @@ def test_binpack_prefers_the_fullest_host_that_fits_and_spread_the_emptiest():
     spec = SpecFactory()
     binpack = candidate_hosts(spec=spec, gpu_count=1, region=None)
     spread = candidate_hosts(spec=spec, gpu_count=1, region=None, strategy=PlacementStrategy.SPREAD)
-    assert binpack.first() == busy
-    assert spread.first() == idle
+    assert binpack[0] == busy
+    assert spread[0] == idle
 
 
 def test_a_host_holding_the_image_comes_first():
@@ -51,9 +51,9 @@ def test_a_host_holding_the_image_comes_first():
     warm.images = [image.reference]
     warm.save()
     spec = SpecFactory()
-    assert candidate_hosts(spec=spec, gpu_count=1, region=None).first() == plain
+    assert candidate_hosts(spec=spec, gpu_count=1, region=None)[0] == plain
     hosts = candidate_hosts(spec=spec, gpu_count=1, region=None, image_reference=image.reference)
-    assert hosts.first() == warm
+    assert hosts[0] == warm
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_a_host_holding_the_image_comes_first():
 )
 def test_hosts_that_cannot_take_it_are_filtered_out(unfit):
     host_with_gpus(4, **unfit)
-    assert not candidate_hosts(spec=SpecFactory(), gpu_count=1, region=None).exists()
+    assert not candidate_hosts(spec=SpecFactory(), gpu_count=1, region=None)
 
 
 def test_region_labels_model_and_health_filter():
@@ -78,15 +78,15 @@ def test_region_labels_model_and_health_filter():
     host = host_with_gpus(2, region=region, labels={"net": "ib"})
     spec = SpecFactory(host_labels={"net": "ib"})
     assert list(candidate_hosts(spec=spec, gpu_count=1, region=region)) == [host]
-    assert not candidate_hosts(spec=spec, gpu_count=1, region=RegionFactory()).exists()
+    assert not candidate_hosts(spec=spec, gpu_count=1, region=RegionFactory())
     assert not candidate_hosts(
         spec=SpecFactory(host_labels={"net": "eth"}), gpu_count=1, region=None
-    ).exists()
+    )
     assert not candidate_hosts(
         spec=SpecFactory(gpu_model="NVIDIA H100 80GB HBM3"), gpu_count=1, region=None
-    ).exists()
+    )
     host.gpus.update(health=GPUHealth.LOST)
-    assert not candidate_hosts(spec=spec, gpu_count=1, region=None).exists()
+    assert not candidate_hosts(spec=spec, gpu_count=1, region=None)
 
 
 def test_gpus_of_a_host_are_never_split_across_hosts():

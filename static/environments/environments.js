@@ -28,6 +28,10 @@
     });
   }
 
+  // A form being submitted (an action) navigates away: a push must not reload over it.
+  var leaving = false;
+  document.addEventListener("submit", function () { leaving = true; });
+
   var live = document.getElementById("environment-live");
   var logs = document.getElementById("environment-logs");
   if (live && live.getAttribute("data-ws")) {
@@ -36,7 +40,7 @@
     follow(live.getAttribute("data-ws"), function (message) {
       if (message.type === "environment") {
         live.innerHTML = message.html;
-        if (message.status !== shown) { window.location.reload(); }
+        if (message.status !== shown && !leaving) { window.location.reload(); }
       } else if (message.type === "logs" && logs) {
         if (!cleared) { logs.textContent = ""; cleared = true; }
         var atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
