@@ -5,6 +5,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 
+from remotegpu.core.admin import ReadOnlyAdmin
 from remotegpu.core.errors import ApplicationError
 
 from .models import (
@@ -151,49 +152,31 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(EnvironmentEvent)
-class EnvironmentEventAdmin(admin.ModelAdmin):
+class EnvironmentEventAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "environment", "status", "message"]
     list_filter = ["status", "created_at"]
     search_fields = ["environment__name", "message"]
     list_select_related = ["environment"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(GPUAssignment)
-class GPUAssignmentAdmin(admin.ModelAdmin):
+class GPUAssignmentAdmin(ReadOnlyAdmin):
     list_display = ["gpu", "environment", "created_at", "released_at"]
     list_filter = [("released_at", admin.EmptyFieldListFilter), "created_at"]
     search_fields = ["gpu__uuid", "gpu__host__name", "environment__name"]
     list_select_related = ["gpu__host", "environment"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(PortAllocation)
-class PortAllocationAdmin(admin.ModelAdmin):
+class PortAllocationAdmin(ReadOnlyAdmin):
     list_display = ["host", "host_port", "container_port", "role", "environment"]
     list_filter = ["role", "host"]
     search_fields = ["host__name", "environment__name", "host_port"]
     list_select_related = ["host", "environment"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(OrphanContainer)
-class OrphanContainerAdmin(admin.ModelAdmin):
+class OrphanContainerAdmin(ReadOnlyAdmin):
     list_display = [
         "container_id",
         "host",
@@ -203,9 +186,3 @@ class OrphanContainerAdmin(admin.ModelAdmin):
     ]
     list_filter = [("removal_requested_at", admin.EmptyFieldListFilter), "first_seen_at"]
     search_fields = ["container_id", "host__name", "environment_label"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -9,4 +9,5 @@ class EnvironmentsConfig(AppConfig):
 
     def ready(self):
         # Registers what the fleet tells this app: command outcomes, progress, inventories.
+        from . import selectors  # noqa: F401
         from .services import reconciliation, results  # noqa: F401

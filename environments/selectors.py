@@ -9,6 +9,7 @@ from django.db.models import Count, Prefetch, Q, QuerySet
 
 from accounts.models import Organization, User
 from machines.models import Region
+from machines.selectors import allocated_gpu_source
 
 from .choices import EnvironmentStatus
 from .models import Environment, EnvironmentEvent, GPUAssignment, Image, RegistryCredential, Spec
@@ -109,3 +110,9 @@ def spec_availability(specs: list[Spec], region: Region | None = None) -> dict[i
                 by_region[slugs.get(row.region_id, "")] += fits
         result[spec.pk] = Availability(total=sum(by_region.values()), by_region=dict(by_region))
     return result
+
+
+@allocated_gpu_source
+def gpu_ids_allocated() -> QuerySet:
+    """The GPUs environments hold, for the fleet's pages (registered with machines)."""
+    return GPUAssignment.objects.filter(released_at__isnull=True).values("gpu_id")

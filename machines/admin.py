@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from remotegpu.core.admin import ReadOnlyAdmin
 from remotegpu.core.errors import ApplicationError
 
 from .choices import HostStatus
@@ -17,6 +18,7 @@ from .models import (
     GPUSampleRollup,
     Host,
     HostCredential,
+    HostGPUModel,
     HostSample,
     HostSampleRollup,
     JoinToken,
@@ -255,3 +257,16 @@ class OnboardingJobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False  # started from the operator pages, which confirm the host key
+
+
+@admin.register(HostGPUModel)
+class HostGPUModelAdmin(ReadOnlyAdmin):
+    """The database keeps these counts (a trigger on the GPU table)."""
+
+    list_display = ["host", "model", "healthy"]
+    list_filter = ["model"]
+    search_fields = ["host__name", "model"]
+    list_select_related = ["host"]
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -190,6 +190,26 @@ class GPU(TimeStampedModel):
         return f"{self.host.name}#{self.index} {self.model}"
 
 
+class HostGPUModel(models.Model):
+    """How many healthy GPUs of one model a host has, kept by a database trigger on the GPU
+    table (migration 0009): placement reads one small row per host instead of counting every
+    GPU of the fleet. Heartbeats update figures only, which does not fire the trigger."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="gpu_counts")
+    model = models.CharField(_("model"), max_length=100)
+    healthy = models.IntegerField(_("healthy GPUs"), default=0)
+
+    class Meta:
+        verbose_name = _("host GPU count")
+        verbose_name_plural = _("host GPU counts")
+        constraints = [
+            models.UniqueConstraint(fields=["host", "model"], name="unique_host_gpu_model"),
+        ]
+
+    def __str__(self):
+        return f"{self.host_id}: {self.healthy} × {self.model}"
+
+
 class JoinToken(TimeStampedModel):
     """Lets agents join. Only a digest is stored; the operator sees the token once."""
 

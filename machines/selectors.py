@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from django.contrib.postgres.aggregates import ArrayAgg
@@ -119,10 +120,27 @@ def host_list_recently_offline(limit: int = 10) -> QuerySet[Host]:
     )
 
 
-def gpu_figures_by_model() -> list[dict]:
-    """GPUs per model: total (lost ones apart), healthy, degraded, lost, and free.
+# Which GPUs are allocated is the environments app's to say (it sits above this one): it
+# registers a function returning a queryset of the ids of GPUs environments hold.
+_allocated_gpu_ids: Callable[[], QuerySet] | None = None
 
-    Free is every healthy GPU on an online host until environments allocate GPUs."""
+
+def allocated_gpu_source(function: Callable[[], QuerySet]):
+    global _allocated_gpu_ids
+    _allocated_gpu_ids = function
+    return function
+
+
+def _allocated() -> Q:
+    if _allocated_gpu_ids is None:
+        return Q(pk__in=[])
+    return Q(pk__in=_allocated_gpu_ids())
+
+
+def gpu_figures_by_model() -> list[dict]:
+    """GPUs per model: total (lost ones apart), healthy, degraded, lost, allocated (held by an
+    environment) and free (healthy, on an online host, held by none)."""
+    allocated = _allocated()
     return list(
         GPU.objects.values("model")
         .annotate(
@@ -130,10 +148,38 @@ def gpu_figures_by_model() -> list[dict]:
             healthy=Count("id", filter=Q(health=GPUHealth.OK)),
             degraded=Count("id", filter=Q(health=GPUHealth.DEGRADED)),
             lost=Count("id", filter=Q(health=GPUHealth.LOST)),
-            free=Count("id", filter=Q(health=GPUHealth.OK, host__status=HostStatus.ONLINE)),
+            allocated=Count("id", filter=allocated),
+            free=Count(
+                "id",
+                filter=Q(health=GPUHealth.OK, host__status=HostStatus.ONLINE) & ~allocated,
+            ),
         )
         .order_by("-total", "model")
     )
+
+
+def host_allocation_counts() -> dict[str, int]:
+    """Online hosts with GPUs by how much of them environments hold: free (none), partly,
+    fully (every healthy GPU)."""
+    allocated = _allocated()
+    held = GPU.objects.filter(allocated, host=OuterRef("pk")).order_by().values("host")
+    rows = (
+        Host.objects.filter(status=HostStatus.ONLINE)
+        .annotate(
+            healthy=Count("gpus", filter=Q(gpus__health=GPUHealth.OK)),
+            held=Coalesce(
+                Subquery(held.annotate(n=Count("pk")).values("n"), output_field=IntegerField()),
+                Value(0),
+            ),
+        )
+        .filter(healthy__gt=0)
+        .values_list("healthy", "held")
+    )
+    counts = {"free": 0, "partly": 0, "fully": 0}
+    for healthy, held_count in rows:
+        key = "free" if held_count == 0 else "fully" if held_count >= healthy else "partly"
+        counts[key] += 1
+    return counts
 
 
 def host_credential_list(host: Host) -> QuerySet[HostCredential]:

@@ -64,6 +64,7 @@ from machines.models import (
     GPUSample,
     GPUSampleRollup,
     HostCredential,
+    HostGPUModel,
     HostSample,
     HostSampleRollup,
     OnboardingJob,
@@ -272,6 +273,7 @@ ADMIN_OBJECTS = {
     "machines.alertrule": "alert_rule",
     "machines.alert": "alert",
     "machines.onboardingjob": "onboarding_job",
+    "machines.hostgpumodel": "host_gpu_model",
     "environments.image": "image",
     "environments.spec": "spec",
     "environments.registrycredential": "registry_credential",
@@ -302,6 +304,8 @@ OPERATOR_ADMIN_STATUS = {
     "admin:machines_agentcommand_add": 403,
     "admin:machines_alert_add": 403,  # alerts come from rule evaluation
     "admin:machines_onboardingjob_add": 403,  # started from the pages that confirm host keys
+    "admin:machines_hostgpumodel_add": 403,  # the database keeps these counts
+    "admin:machines_hostgpumodel_delete": 403,
     # Environments are created where they are placed (portal, API); their events, GPU
     # assignments, ports and orphans come from the services that keep them.
     "admin:environments_environment_add": 403,
@@ -482,6 +486,7 @@ def _fleet(operator: User) -> Fleet:
             "alert_rule": alert_rule,
             "alert": alert,
             "onboarding_job": onboarding_job,
+            "host_gpu_model": HostGPUModel.objects.get(host=host),
         },
         secrets=(issued.plaintext, joined.credential, issued.join_token.key, credential.key),
     )

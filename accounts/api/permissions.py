@@ -13,3 +13,12 @@ class TokenWritePermission(permissions.BasePermission):
         if isinstance(request.auth, APIToken) and not request.auth.write_enabled:
             return request.method in permissions.SAFE_METHODS
         return True
+
+
+class ReadAnyWriteOperator(permissions.BasePermission):
+    """Everyone signed in reads; only operators write (regions, the image catalogue)."""
+
+    def has_permission(self, request, view):
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return bool(request.user and request.user.is_staff)

@@ -132,7 +132,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         self.state.ensure()
         self.store = CommandStore(self.state.commands_path)
-        interrupted = self.store.fail_interrupted()
+        interrupted = self.store.fail_interrupted(commands.RERUNNABLE)
         if interrupted:
             logger.warning("%d command(s) were running when the agent stopped", interrupted)
         self._send_lock = asyncio.Lock()

@@ -154,6 +154,18 @@ HANDLERS: dict[str, Handler] = {
     "environment_logs": environment_logs,
     "container_remove": container_remove,
 }
+# Kinds that may run again after the agent stopped in the middle of one: each finds and
+# finishes what the interrupted try made (by label, by name) instead of making it twice.
+RERUNNABLE = frozenset(
+    {
+        "image_pull",
+        "environment_run",
+        "environment_stop",
+        "environment_delete",
+        "environment_logs",
+        "container_remove",
+    }
+)
 TIME_LIMITS: dict[str, float] = {
     "ping": 5.0,
     "collect_diagnostics": 30.0,

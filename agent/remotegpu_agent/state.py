@@ -266,8 +266,16 @@ class CommandStore:
             (time.time(), int(ok), json.dumps(result), error, command_id),
         )
 
-    def fail_interrupted(self) -> int:
-        """Commands a previous run started and never finished fail rather than run twice."""
+    def fail_interrupted(self, rerunnable: frozenset[str] = frozenset()) -> int:
+        """Commands a previous run started and never finished fail rather than run twice;
+        those of a ``rerunnable`` kind (idempotent: running one again finds what the first
+        try made) are forgotten instead, so that the server's resend runs them again."""
+        kinds = sorted(rerunnable)
+        marks = ",".join("?" * len(kinds)) or "''"
+        self._db.execute(
+            f"DELETE FROM commands WHERE finished_at IS NULL AND kind IN ({marks})",  # noqa: S608
+            kinds,
+        )
         cursor = self._db.execute(
             "UPDATE commands SET finished_at = ?, ok = 0, result = '{}', error = ?"
             " WHERE finished_at IS NULL",

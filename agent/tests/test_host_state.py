@@ -163,3 +163,17 @@ def test_command_store_remembers_across_restarts(tmp_path):
     assert "not run again" in interrupted.error
     assert store.get("c1").ok is True
     store.close()
+
+
+def test_an_interrupted_idempotent_command_is_forgotten_so_its_resend_runs(tmp_path):
+    path = tmp_path / "commands.sqlite3"
+    store = CommandStore(path)
+    store.start("run", "environment_run")
+    store.start("diag", "collect_diagnostics")
+    store.close()
+
+    store = CommandStore(path)  # the agent was killed while both ran
+    assert store.fail_interrupted(frozenset({"environment_run"})) == 1
+    assert store.get("run") is None  # the resend will run it again
+    assert store.get("diag").ok is False
+    store.close()

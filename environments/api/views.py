@@ -7,7 +7,7 @@ from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from accounts.api.permissions import TokenWritePermission
+from accounts.api.permissions import ReadAnyWriteOperator, TokenWritePermission
 from accounts.models import Organization
 from accounts.selectors import organization_default_for_user
 from remotegpu.core.api.views import ScopedGenericViewSet
@@ -20,13 +20,6 @@ from ..services import images as image_services
 from ..services import lifecycle
 from ..services.logs import environment_logs
 from . import serializers
-
-
-class ReadAnyWriteOperator(permissions.BasePermission):
-    def has_permission(self, request, view):
-        if request.method in permissions.SAFE_METHODS:
-            return True
-        return bool(request.user and request.user.is_staff)
 
 
 class ImageViewSet(

@@ -115,3 +115,25 @@ def test_specs_and_images_pages(browser, spec, image, host):
     assert 'data-testid="spec-available">4<' in specs
     images = browser.get(reverse("environments:image_list")).content.decode()
     assert image.reference in images
+
+
+def test_fleet_overview_counts_allocated_gpus_and_hosts(
+    client, operator, customer, organization, image
+):
+    from environments.services.lifecycle import environment_create
+
+    from .factories import SpecFactory, host_with_gpus
+
+    full, partly, _free = host_with_gpus(2), host_with_gpus(2), host_with_gpus(2)
+    for host, count in ((full, 2), (partly, 1)):
+        host.labels = {"slot": str(host.pk)}
+        host.save()
+        spec = SpecFactory(gpu_count=count, vcpu=1, memory_gib=1, host_labels=host.labels)
+        environment_create(
+            user=customer, organization=organization, name=f"e{host.pk}", spec=spec, image=image
+        )
+    client.force_login(operator)
+    page = client.get(reverse("machines:fleet_overview"))
+    assert page.context["gpus"]["allocated"] == 3
+    assert page.context["gpus"]["free"] == 3
+    assert page.context["host_allocation"] == {"free": 1, "partly": 1, "fully": 1}

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from accounts.api.permissions import TokenWritePermission
+from accounts.api.permissions import ReadAnyWriteOperator, TokenWritePermission
 from remotegpu.core.api.views import ScopedGenericViewSet, ScopedReadOnlyModelViewSet
 
 from .. import selectors
@@ -27,13 +27,6 @@ from ..services import join as join_services
 from ..services.regions import region_save
 from . import serializers
 from .parsers import CSVParser
-
-
-class ReadAnyWriteOperator(permissions.BasePermission):
-    def has_permission(self, request, view):
-        if request.method in permissions.SAFE_METHODS:
-            return True
-        return bool(request.user and request.user.is_staff)
 
 
 class AgentJoinView(APIView):

@@ -514,3 +514,35 @@ def test_an_old_socket_closing_late_leaves_the_new_one_connected(db):
     host_disconnected(host.pk, "second")
     host.refresh_from_db()
     assert not host.connected
+
+
+# Per-host GPU counts (kept by a trigger) ---------------------------------------------------
+
+
+def _counts(host) -> dict[str, int]:
+    from machines.models import HostGPUModel
+
+    return dict(HostGPUModel.objects.filter(host=host).values_list("model", "healthy"))
+
+
+def test_the_database_keeps_each_hosts_healthy_gpu_counts(db):
+    from machines.tests.factories import GPUFactory
+
+    host, other = HostFactory(), HostFactory()
+    a = GPUFactory(host=host, model="A100")
+    GPUFactory(host=host, model="A100")
+    h = GPUFactory(host=host, model="H100")
+    assert _counts(host) == {"A100": 2, "H100": 1}
+
+    GPU.objects.filter(pk=a.pk).update(health=GPUHealth.LOST)
+    assert _counts(host) == {"A100": 1, "H100": 1}
+    GPU.objects.filter(pk=a.pk).update(utilization=50)  # a heartbeat's figures: no change
+    assert _counts(host) == {"A100": 1, "H100": 1}
+    GPU.objects.filter(pk=h.pk).update(host=other)  # a GPU moving with its machine
+    assert _counts(host) == {"A100": 1, "H100": 0}
+    assert _counts(other) == {"H100": 1}
+    h.refresh_from_db()
+    h.save()  # a save that rewrites every column changes nothing either
+    assert _counts(other) == {"H100": 1}
+    GPU.objects.filter(host=host).delete()
+    assert _counts(host) == {"A100": 0, "H100": 0}

@@ -157,7 +157,14 @@ def test_fleet_overview_shows_real_figures(operator_client):
     }
     assert context["host_total"] == 6
     # 4 + 1 H100 + 1 degraded + 1 on maintenance + 1 on offline = 8 not lost.
-    assert context["gpus"] == {"total": 8, "healthy": 7, "degraded": 1, "lost": 1, "free": 5}
+    assert context["gpus"] == {
+        "total": 8,
+        "healthy": 7,
+        "degraded": 1,
+        "lost": 1,
+        "allocated": 0,
+        "free": 5,
+    }
     by_model = {row["model"]: row for row in context["gpu_models"]}
     assert by_model["A100"]["total"] == 6
     assert by_model["A100"]["free"] == 4
@@ -712,3 +719,13 @@ def test_metrics_endpoints_are_in_the_schema():
         assert "200" in operation["responses"]
     host_series = schema["components"]["schemas"]["HostSeries"]["properties"]
     assert {"t", "cpu", "memory"} <= set(host_series)
+
+
+def test_host_page_says_when_there_is_no_container_runtime(operator_client):
+    bare = HostFactory(docker_version="")
+    html = operator_client.get(reverse("machines:host_detail", args=[bare.pk])).content.decode()
+    assert "No container runtime: environments are not placed here." in html
+    docker = HostFactory(docker_version="20.10.24")
+    html = operator_client.get(reverse("machines:host_detail", args=[docker.pk])).content.decode()
+    assert "No container runtime" not in html
+    assert "20.10.24" in html

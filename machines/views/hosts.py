@@ -54,7 +54,7 @@ def fleet_overview(request):
     models = selectors.gpu_figures_by_model()
     gpus = {
         key: sum(row[key] for row in models)
-        for key in ("total", "healthy", "degraded", "lost", "free")
+        for key in ("total", "healthy", "degraded", "lost", "allocated", "free")
     }
     context = {
         "host_total": hosts["total"],
@@ -64,6 +64,7 @@ def fleet_overview(request):
         ],
         "gpus": gpus,
         "gpu_models": models,
+        "host_allocation": selectors.host_allocation_counts(),
         "recently_offline": selectors.host_list_recently_offline(),
         "metric_ranges": METRIC_RANGES,
         "chart_refresh_seconds": _chart_refresh_seconds(request, FLEET_CHART_REFRESH),

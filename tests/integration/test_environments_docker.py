@@ -370,3 +370,151 @@ def test_another_organisations_container_cannot_reach_it(
     assert code == 404
     code, _ = other_api("POST", f"/api/v1/environments/{mine}/stop/")
     assert code == 404
+
+
+def test_the_agent_killed_while_provisioning_ends_with_it_running_once(
+    agent_host, customer_api, registry_image, docker_client, tmp_path
+):
+    import os
+    import signal
+
+    from machines.choices import CommandStatus
+    from machines.models import AgentCommand
+
+    host, agent, state, control = agent_host
+    api, _ = customer_api
+    spec = SpecFactory(gpu_model=host.gpus.first().model, gpu_count=1, vcpu=1, memory_gib=1)
+    image = ImageFactory(reference=registry_image, command=["sh", "-c", SERVE])
+    code, body = api(
+        "POST", "/api/v1/environments/", {"name": "crash-1", "spec": spec.pk, "image": image.pk}
+    )
+    assert code == 201, body
+    # kill -9 as soon as the agent has the command (it may be pulling, creating or done).
+    wait_until(
+        lambda: AgentCommand.objects.filter(
+            payload__environment_id=body["id"],
+            status__in=[CommandStatus.ACKED, CommandStatus.SUCCEEDED],
+        ).exists(),
+        timeout=20,
+        what="the agent to have the command",
+        process=agent,
+    )
+    os.killpg(agent.popen.pid, signal.SIGKILL)
+    agent.popen.wait()
+    restarted = start_agent(
+        state,
+        control,
+        tmp_path,
+        name="agent-after-kill",
+        extra_args=("--publish-address", "127.0.0.1"),
+    )
+    try:
+        _wait_status(api, body["id"], S.RUNNING, restarted)
+        containers = docker_client.containers.list(
+            all=True, filters={"label": f"remotegpu.environment={body['id']}"}
+        )
+        assert len(containers) == 1
+        assert containers[0].status == "running"
+    finally:
+        restarted.stop()
+
+
+def test_a_celery_worker_killed_during_provisioning_changes_nothing(
+    agent_host, customer_api, registry_image, docker_client, celery_worker
+):
+    """Provisioning needs no Celery task (one transaction, then the agent): a worker killed
+    with -9 the moment a create is accepted loses nothing and duplicates nothing."""
+    import os
+    import signal
+
+    host, agent, _, _ = agent_host
+    api, _ = customer_api
+    spec = SpecFactory(gpu_model=host.gpus.first().model, gpu_count=1, vcpu=1, memory_gib=1)
+    image = ImageFactory(reference=registry_image, command=["sh", "-c", SERVE])
+    code, body = api(
+        "POST", "/api/v1/environments/", {"name": "worker-1", "spec": spec.pk, "image": image.pk}
+    )
+    assert code == 201, body
+    os.killpg(celery_worker.popen.pid, signal.SIGKILL)
+    _wait_status(api, body["id"], S.RUNNING, agent)
+    containers = docker_client.containers.list(
+        all=True, filters={"label": f"remotegpu.environment={body['id']}"}
+    )
+    assert len(containers) == 1
+    assert Environment.objects.filter(name="worker-1").count() == 1
+
+
+def _restart_dockerd() -> None:
+    """Stop the engine (SIGTERM, as a service manager does) and start it again, detached."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    pid = int(Path("/var/run/docker.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with open("/var/log/remotegpu-dockerd.log", "ab") as log:
+        subprocess.Popen(
+            ["dockerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+
+
+def test_dockerd_restarted_every_environment_ends_in_a_true_state(
+    agent_host, customer_api, registry_image, docker_client
+):
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("dockerd") is None:
+        pytest.skip("restarting dockerd needs root and dockerd")
+    host, agent, _, _ = agent_host
+    api, _ = customer_api
+    running = _running_environment(api, agent, host, registry_image, "survivor-1")
+    stopped = _running_environment(api, agent, host, registry_image, "parked-1", gpu_count=0)
+    assert api("POST", f"/api/v1/environments/{stopped}/stop/")[0] == 202
+    _wait_status(api, stopped, S.STOPPED, agent)
+
+    _restart_dockerd()
+    client = wait_until(lambda: _engine(), timeout=60, what="dockerd back")
+    # The running one comes back with the engine (restart policy unless-stopped), and the
+    # database agrees with what runs; the stopped one stays stopped, with its volume.
+    container = wait_until(
+        lambda: next(
+            (
+                c
+                for c in client.containers.list(
+                    filters={"label": f"remotegpu.environment={running}"}
+                )
+                if c.status == "running"
+            ),
+            None,
+        ),
+        timeout=60,
+        what="the environment's container running again",
+        process=agent,
+    )
+    wait_until(
+        lambda: Host.objects.filter(pk=host.pk, containers_known=True).exists(),
+        timeout=30,
+        what="the agent to list containers again",
+        process=agent,
+    )
+    time.sleep(3)  # inventories after the restart
+    assert Environment.objects.get(pk=running).status == S.RUNNING
+    assert Environment.objects.get(pk=stopped).status == S.STOPPED
+    assert container.labels["remotegpu.environment"] == str(running)
+    assert client.volumes.get(f"rgpu-vol-{stopped}")
+
+
+def _engine():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception:  # the engine is still starting: keep waiting
+        return None
+    return client
