@@ -110,8 +110,8 @@ class AssignedGPUSerializer(serializers.Serializer):
 class EnvironmentSerializer(serializers.ModelSerializer):
     organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     spec = SpecBriefSerializer(read_only=True)
-    region = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    host = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    host = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     host_address = serializers.SerializerMethodField()
     ports = AllocatedPortSerializer(many=True, read_only=True)
     gpus = AssignedGPUSerializer(source="open_assignments", many=True, read_only=True)

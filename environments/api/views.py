@@ -2,7 +2,7 @@
 
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -186,7 +186,17 @@ class EnvironmentViewSet(
         )
         return self._output(environment, status.HTTP_202_ACCEPTED)
 
-    @extend_schema(parameters=[TAIL], responses=serializers.EnvironmentLogsSerializer)
+    @extend_schema(
+        parameters=[TAIL],
+        responses={
+            200: serializers.EnvironmentLogsSerializer,
+            409: OpenApiResponse(
+                response={"$ref": "#/components/schemas/Error"},
+                description="It has no container, or its host is not connected or did not "
+                "answer in time.",
+            ),
+        },
+    )
     @action(detail=True, methods=["get"])
     def logs(self, request, pk=None):
         """The container's output (the last ``tail`` lines), read from its host now."""

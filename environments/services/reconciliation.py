@@ -23,6 +23,7 @@ from django.utils.translation import gettext as _
 from machines.models import Host
 from machines.services.commands import command_create
 from machines.services.hosts import inventory_listener
+from remotegpu.core.errors import ApplicationError
 
 from ..choices import CONTAINER_STATES, StatusReason
 from ..choices import EnvironmentStatus as S
@@ -33,7 +34,6 @@ from .lifecycle import (
     environment_start,
     environment_transition,
 )
-from .placement import NoCapacity
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def _start_waiting() -> int:
         try:
             environment_start(user=None, environment=environment)
             started += 1
-        except NoCapacity:
+        except ApplicationError:  # its GPUs are still taken, or its quota is spent: wait on
             continue
     return started
 

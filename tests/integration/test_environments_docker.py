@@ -153,7 +153,7 @@ def test_create_inspect_stop_start_delete_through_the_api(
             "ports": [{"port": 9000, "role": "tcp"}],
         },
     )
-    assert code == 201, body
+    assert code == 201, (body, _placement_state())
     environment_id = body["id"]
     running = _wait_status(api, environment_id, S.RUNNING, agent)
 
@@ -249,7 +249,7 @@ def _running_environment(api, agent, host, registry_image, name, gpu_count=1):
     code, body = api(
         "POST", "/api/v1/environments/", {"name": name, "spec": spec.pk, "image": image.pk}
     )
-    assert code == 201, body
+    assert code == 201, (body, _placement_state())
     _wait_status(api, body["id"], S.RUNNING, agent)
     return body["id"]
 
@@ -388,7 +388,7 @@ def test_the_agent_killed_while_provisioning_ends_with_it_running_once(
     code, body = api(
         "POST", "/api/v1/environments/", {"name": "crash-1", "spec": spec.pk, "image": image.pk}
     )
-    assert code == 201, body
+    assert code == 201, (body, _placement_state())
     # kill -9 as soon as the agent has the command (it may be pulling, creating or done).
     wait_until(
         lambda: AgentCommand.objects.filter(
@@ -434,7 +434,7 @@ def test_a_celery_worker_killed_during_provisioning_changes_nothing(
     code, body = api(
         "POST", "/api/v1/environments/", {"name": "worker-1", "spec": spec.pk, "image": image.pk}
     )
-    assert code == 201, body
+    assert code == 201, (body, _placement_state())
     os.killpg(celery_worker.popen.pid, signal.SIGKILL)
     _wait_status(api, body["id"], S.RUNNING, agent)
     containers = docker_client.containers.list(
@@ -518,3 +518,16 @@ def _engine():
     except Exception:  # the engine is still starting: keep waiting
         return None
     return client
+
+
+def _placement_state() -> dict:
+    """What placement saw, for the message of a create refused when it should not be."""
+    from machines.models import HostGPUModel
+
+    return {
+        "hosts": list(
+            Host.objects.values("name", "status", "connected", "cpu_cores", "memory_total")
+        ),
+        "gpu_counts": list(HostGPUModel.objects.values("host_id", "model", "healthy")),
+        "environments": list(Environment.objects.values("name", "status", "host_id")),
+    }
