@@ -44,6 +44,11 @@ class CommandKind(models.TextChoices):
     CONTAINER_REMOVE = "container_remove", _("Remove a container")
 
 
+# Reads whose rows are worth nothing once answered (a page following an environment's output
+# asks every two seconds): kept an hour, not the 30 days of the others.
+EPHEMERAL_COMMAND_KINDS = frozenset({CommandKind.PING, CommandKind.ENVIRONMENT_LOGS})
+
+
 class AlertMetric(models.TextChoices):
     GPU_TEMPERATURE = "gpu_temperature", _("GPU temperature (°C)")
     GPU_MEMORY_PERCENT = "gpu_memory_percent", _("GPU memory used (%)")

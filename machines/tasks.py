@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from .services.alerts import WebhookDeliveryError, alert_webhook_deliver, alerts_evaluate
-from .services.commands import command_expire_overdue
+from .services.commands import command_expire_overdue, command_prune
 from .services.hosts import host_mark_offline_stale
 from .services.metrics import metrics_prune, metrics_roll_up
 from .services.onboarding import onboarding_expire_stale, onboarding_run, onboarding_scan
@@ -23,6 +23,12 @@ def host_detect_offline_task() -> int:
 def command_expire_task() -> int:
     """Commands past their deadline fail visibly (every 30 s)."""
     return command_expire_overdue()
+
+
+@shared_task
+def command_prune_task() -> int:
+    """Finished commands past their retention go (hourly)."""
+    return command_prune()
 
 
 @shared_task

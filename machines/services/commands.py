@@ -17,7 +17,7 @@ from django.utils.translation import gettext as _
 from accounts.models import User
 from remotegpu.core.errors import PermissionDenied, ValidationError
 
-from ..choices import OPEN_COMMAND_STATES, CommandKind, CommandStatus
+from ..choices import EPHEMERAL_COMMAND_KINDS, OPEN_COMMAND_STATES, CommandKind, CommandStatus
 from ..models import AgentCommand, Host
 from .realtime import send_to_agent
 
@@ -177,3 +177,21 @@ def command_expire_overdue() -> int:
                 expired += 1
                 _finished(AgentCommand.objects.get(pk=pk))
     return expired
+
+
+COMMAND_RETENTION = timedelta(days=30)
+EPHEMERAL_COMMAND_RETENTION = timedelta(hours=1)
+
+
+def command_prune(now=None) -> int:
+    """Finished commands past their retention go (beat, hourly): reads such as log tails after
+    an hour, the rest after 30 days. Open commands stay whatever their age."""
+    now = now or timezone.now()
+    finished = AgentCommand.objects.exclude(status__in=OPEN_COMMAND_STATES)
+    deleted, _counts = (
+        finished.filter(
+            kind__in=EPHEMERAL_COMMAND_KINDS, finished_at__lt=now - EPHEMERAL_COMMAND_RETENTION
+        )
+        | finished.filter(finished_at__lt=now - COMMAND_RETENTION)
+    ).delete()
+    return deleted

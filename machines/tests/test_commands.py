@@ -184,3 +184,27 @@ def test_expire_overdue_fails_open_commands_past_their_deadline(db):
     # A late result after the deadline changes nothing.
     command = overdue[0]
     assert not command_finish(command.host_id, str(command.pk), ok=True, result={}, error="")
+
+
+def test_finished_commands_are_pruned_after_their_retention(db):
+    from machines.services.commands import command_prune
+
+    now = timezone.now()
+    host = HostFactory()
+
+    def command(kind, status, age):
+        return AgentCommandFactory(
+            host=host, kind=kind, status=status, finished_at=now - age if status else None
+        )
+
+    old_logs = command("environment_logs", CommandStatus.SUCCEEDED, timedelta(hours=2))
+    fresh_logs = command("environment_logs", CommandStatus.SUCCEEDED, timedelta(minutes=5))
+    old_run = command("environment_run", CommandStatus.FAILED, timedelta(days=31))
+    recent_run = command("environment_run", CommandStatus.SUCCEEDED, timedelta(days=2))
+    open_one = AgentCommandFactory(host=host, kind="environment_run", status=CommandStatus.SENT)
+
+    assert command_prune(now) == 2
+    left = set(AgentCommand.objects.values_list("pk", flat=True))
+    assert left == {fresh_logs.pk, recent_run.pk, open_one.pk}
+    assert old_logs.pk not in left
+    assert old_run.pk not in left

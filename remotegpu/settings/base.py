@@ -278,6 +278,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "machines.tasks.command_expire_task",
         "schedule": 30,
     },
+    "prune-host-commands": {
+        "task": "machines.tasks.command_prune_task",
+        "schedule": 60 * 60,
+    },
     "roll-up-metrics": {
         "task": "machines.tasks.metric_rollup_task",
         "schedule": 60,
