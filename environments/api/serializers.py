@@ -20,7 +20,7 @@ class ImageSerializer(serializers.ModelSerializer):
         slug_field="slug",
         queryset=Organization.objects.all(),
         allow_null=True,
-        required=False,
+        default=None,
         help_text=_("Empty: a public image."),
     )
     ports = PortSerializer(many=True, required=False)

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from accounts.api.permissions import ReadAnyWriteOperator, TokenWritePermission
 from accounts.models import Organization
 from accounts.selectors import organization_default_for_user
-from remotegpu.core.api.views import ScopedGenericViewSet
+from remotegpu.core.api.views import CatalogueViewSet, ScopedGenericViewSet
 from remotegpu.core.errors import ValidationError
 
 from .. import selectors
@@ -22,37 +22,20 @@ from ..services.logs import environment_logs
 from . import serializers
 
 
-class ImageViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.UpdateModelMixin,
-    ScopedGenericViewSet,
-):
+class ImageViewSet(CatalogueViewSet):
     """The image catalogue: customers read what they may use; operators curate it."""
 
     serializer_class = serializers.ImageSerializer
     queryset = Image.objects.none()
     permission_classes = [permissions.IsAuthenticated, TokenWritePermission, ReadAnyWriteOperator]
-    http_method_names = ["get", "post", "patch", "head", "options"]
     filterset_fields = ["framework", "is_active"]
     ordering_fields = ["name", "created_at"]
 
     def scoped_queryset(self):
         return selectors.image_list_for_user(self.request.user)
 
-    def perform_create(self, serializer):
-        image = image_services.image_save(
-            operator=self.request.user, image=Image(**serializer.validated_data)
-        )
-        serializer.instance = self.get_queryset().get(pk=image.pk)
-
-    def perform_update(self, serializer):
-        image = serializer.instance
-        for field, value in serializer.validated_data.items():
-            setattr(image, field, value)
-        image_services.image_save(operator=self.request.user, image=image)
-        serializer.instance = self.get_queryset().get(pk=image.pk)
+    def save(self, user, instance):
+        return image_services.image_save(operator=user, image=instance)
 
     @extend_schema(request=serializers.ImagePrepullSerializer, responses={202: None})
     @action(detail=True, methods=["post"])

@@ -159,3 +159,34 @@ def test_logs_need_a_connected_host(client, spec, image, host):
 def test_customers_cannot_curate_images(client):
     response = client.post("/api/v1/images/", {"name": "x", "reference": "x/y:1"}, format="json")
     assert response.status_code == 403
+
+
+def test_operators_curate_images_through_the_service(operator, token_client_for):
+    from accounts.models import AuditEvent
+
+    client = token_client_for(operator)
+    created = client.post(
+        "/api/v1/images/",
+        {
+            "name": "Torch",
+            "reference": "registry.example.com/ml/torch:2.4",
+            "ports": [{"port": 22, "role": "ssh"}],
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    image_id = created.json()["id"]
+    again = client.post("/api/v1/images/", {"name": "Torch", "reference": "x/y:1"}, format="json")
+    assert again.status_code == 400  # the name is taken among public images
+    changed = client.patch(f"/api/v1/images/{image_id}/", {"reference": "bad ref!"}, format="json")
+    assert changed.status_code == 400
+    assert "reference" in changed.json()["error"]["fields"]
+    changed = client.patch(
+        f"/api/v1/images/{image_id}/", {"description": "CUDA 12.4"}, format="json"
+    )
+    assert changed.status_code == 200
+    assert changed.json()["description"] == "CUDA 12.4"
+    actions = set(
+        AuditEvent.objects.filter(target_id=str(image_id)).values_list("action", flat=True)
+    )
+    assert actions == {"image.created", "image.updated"}

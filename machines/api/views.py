@@ -13,7 +13,11 @@ from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts.api.permissions import ReadAnyWriteOperator, TokenWritePermission
-from remotegpu.core.api.views import ScopedGenericViewSet, ScopedReadOnlyModelViewSet
+from remotegpu.core.api.views import (
+    CatalogueViewSet,
+    ScopedGenericViewSet,
+    ScopedReadOnlyModelViewSet,
+)
 
 from .. import selectors
 from ..choices import HostStatus
@@ -66,34 +70,18 @@ class AgentJoinView(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class RegionViewSet(
-    mixins.CreateModelMixin,
-    mixins.UpdateModelMixin,
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    ScopedGenericViewSet,
-):
+class RegionViewSet(CatalogueViewSet):
     """Regions: everyone signed in reads them; operators manage them."""
 
     serializer_class = serializers.RegionSerializer
     queryset = Region.objects.none()
     permission_classes = [permissions.IsAuthenticated, TokenWritePermission, ReadAnyWriteOperator]
-    http_method_names = ["get", "post", "patch", "head", "options"]
 
     def scoped_queryset(self):
         return selectors.region_list()
 
-    # The service saves (and audits); the answer is the region as a read shows it.
-    def perform_create(self, serializer):
-        region = region_save(operator=self.request.user, region=Region(**serializer.validated_data))
-        serializer.instance = self.get_queryset().get(pk=region.pk)
-
-    def perform_update(self, serializer):
-        region = serializer.instance
-        for field, value in serializer.validated_data.items():
-            setattr(region, field, value)
-        region_save(operator=self.request.user, region=region)
-        serializer.instance = self.get_queryset().get(pk=region.pk)
+    def save(self, user, instance):
+        return region_save(operator=user, region=instance)
 
 
 class OperatorMixin:
