@@ -39,15 +39,15 @@ def organization_get_for_user(user: User, slug: str) -> Organization | None:
 def organization_default_for_user(user: User) -> Organization | None:
     """The organisation a request that names none works in: the user's remembered one while
     they are still an active member, else their personal one, else their oldest."""
-    memberships = Membership.objects.filter(user=user, organization__is_active=True)
+    memberships = Membership.objects.filter(
+        user=user, organization__is_active=True
+    ).select_related("organization")
     if user.current_organization_id:
         current = memberships.filter(organization_id=user.current_organization_id).first()
         if current is not None:
             return current.organization
-    first = memberships.select_related("organization").order_by(
-        "-organization__is_personal", "created_at"
-    )
-    return first.first().organization if first.exists() else None
+    first = memberships.order_by("-organization__is_personal", "created_at").first()
+    return first.organization if first is not None else None
 
 
 def membership_list(organization: Organization) -> QuerySet[Membership]:

@@ -166,6 +166,17 @@ RERUNNABLE = frozenset(
         "container_remove",
     }
 )
+# Kinds that create, start, stop or remove containers: while one runs, the inventory waits
+# (its result says what changed, and listing containers meanwhile slows dockerd's work down).
+CONTAINER_CHANGING = frozenset(
+    {
+        "environment_run",
+        "environment_stop",
+        "environment_restart",
+        "environment_delete",
+        "container_remove",
+    }
+)
 TIME_LIMITS: dict[str, float] = {
     "ping": 5.0,
     "collect_diagnostics": 30.0,

@@ -414,3 +414,57 @@ def test_the_command_exits_3_when_its_credential_is_revoked(tmp_path):
     assert "remotegpu-agent join" in stderr
     assert CREDENTIAL not in stderr
     assert len(plane.handshakes) == 1
+
+
+def test_after_a_docker_event_the_inventory_waits_for_quiet_and_for_container_work(
+    tmp_path, monkeypatch
+):
+    """A burst of Docker events, and a container-changing command in flight, hold the next
+    inventory back (listing containers while dockerd starts one slows the start), never
+    beyond the cap."""
+    from remotegpu_agent import client
+
+    monkeypatch.setattr(client, "EVENTS_QUIET_S", 0.05)
+    monkeypatch.setattr(client, "EVENTS_SETTLE_MAX_S", 0.6)
+
+    async def scenario():
+        agent = _agent(tmp_path, 1)
+        agent._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        # Quiet at once: returns after one quiet spell.
+        started = loop.time()
+        await agent._settle()
+        quiet = loop.time() - started
+
+        # Events every 30 ms for 0.2 s: returns one quiet spell after the last.
+        for delay in (0.03, 0.06, 0.09, 0.12, 0.15, 0.18):
+            loop.call_later(delay, agent._wake.set)
+        started = loop.time()
+        await agent._settle()
+        burst = loop.time() - started
+
+        # A container-changing command runs for 0.3 s: returns after it ends.
+        agent._changing_containers = 1
+
+        def command_ends():
+            agent._changing_containers = 0
+            agent._wake.set()
+
+        loop.call_later(0.3, command_ends)
+        started = loop.time()
+        await agent._settle()
+        working = loop.time() - started
+
+        # One that never ends: the cap.
+        agent._changing_containers = 1
+        started = loop.time()
+        await agent._settle()
+        capped = loop.time() - started
+        return quiet, burst, working, capped
+
+    quiet, burst, working, capped = asyncio.run(scenario())
+    assert 0.04 <= quiet < 0.2
+    assert 0.2 <= burst < 0.45
+    assert 0.3 <= working < 0.5
+    assert 0.55 <= capped < 0.9

@@ -92,7 +92,8 @@ def environment_transition(
         "status_changed_at": now,
         **fields,
     }
-    with transaction.atomic():
+    # No savepoint: inside a caller's transaction, a failure here fails the caller's too.
+    with transaction.atomic(savepoint=False):
         if not Environment.objects.filter(pk=environment.pk, status__in=sources).update(**changes):
             return False
         previous = environment.status
@@ -380,7 +381,8 @@ def environment_create(
                 region=region,
                 strategy=strategy,
             )
-            environment.ssh_keys.set(keys)
+            if keys:
+                environment.ssh_keys.set(keys)
             audit_record(
                 AuditAction.ENVIRONMENT_CREATED,
                 actor=user,

@@ -173,7 +173,23 @@ class AgentConsumer(AsyncWebsocketConsumer):
     # Group events --------------------------------------------------------------------------
 
     async def agent_command(self, event):
-        await self._send_commands(event["command_id"])
+        command = event.get("command")
+        if command is None or command["deadline"] <= time.time():
+            await self._send_commands(event["command_id"])
+            return
+        # Pushed whole: send it first, then record that it went (one hop fewer before the
+        # agent has it). A push lost here is found by the periodic resync, as ever.
+        await self._send(
+            protocol.Command(
+                command_id=event["command_id"],
+                kind=command["kind"],
+                payload=command["payload"],
+                deadline=command["deadline"],
+            )
+        )
+        await database_sync_to_async(command_services.command_mark_sent)(
+            self.host.pk, [event["command_id"]]
+        )
 
     async def agent_disconnect(self, event):
         await self.close(code=event.get("code", CLOSE_CREDENTIAL_REVOKED))

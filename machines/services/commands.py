@@ -10,7 +10,8 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -25,7 +26,6 @@ DEFAULT_TIMEOUT = timedelta(minutes=5)
 MAX_RESULT_BYTES = 200_000
 
 
-@transaction.atomic
 def command_create(
     *,
     host: Host,
@@ -45,8 +45,23 @@ def command_create(
         deadline=timezone.now() + timeout,
         requested_by=requested_by,
     )
-    send_to_agent(host.pk, {"type": "agent.command", "command_id": str(command.pk)})
+    send_to_agent(host.pk, command_push_event(command))
     return command
+
+
+def command_push_event(command: AgentCommand) -> dict:
+    """The group event that pushes ``command`` to its host's connection. It carries the whole
+    command, so the connection sends it without reading it back first (a database round trip
+    on the provisioning path), unless the payload holds a registry password: that one stays
+    out of the channel layer and is read from the database."""
+    event = {"type": "agent.command", "command_id": str(command.pk)}
+    if not command.payload.get("registry_auth"):
+        event["command"] = {
+            "kind": command.kind,
+            "payload": command.payload,
+            "deadline": command.deadline.timestamp(),
+        }
+    return event
 
 
 def command_list_to_send(
@@ -62,14 +77,22 @@ def command_list_to_send(
     if command_id is not None:
         queryset = queryset.filter(pk=command_id)
     commands = list(queryset.order_by("created_at"))
-    if commands:
-        AgentCommand.objects.filter(
-            pk__in=[c.pk for c in commands], status=CommandStatus.PENDING
-        ).update(status=CommandStatus.SENT, sent_at=now)
-        AgentCommand.objects.filter(pk__in=[c.pk for c in commands]).update(
-            attempts=F("attempts") + 1
-        )
+    command_mark_sent(host_id, [command.pk for command in commands], now=now)
     return commands
+
+
+def command_mark_sent(host_id: int, command_ids: list, *, now=None) -> int:
+    """Record that these commands went to the agent (once more): a pending one becomes sent;
+    one the agent acknowledged meanwhile keeps its state."""
+    if not command_ids:
+        return 0
+    now = now or timezone.now()
+    pending = Q(status=CommandStatus.PENDING)
+    return AgentCommand.objects.filter(host_id=host_id, pk__in=command_ids).update(
+        status=Case(When(pending, then=Value(CommandStatus.SENT)), default=F("status")),
+        sent_at=Coalesce(F("sent_at"), Value(now)),
+        attempts=F("attempts") + 1,
+    )
 
 
 def _command_uuid(command_id: str) -> uuid.UUID | None:

@@ -16,6 +16,8 @@ from machines.services.commands import (
     command_expire_overdue,
     command_finish,
     command_list_to_send,
+    command_mark_sent,
+    command_push_event,
 )
 from remotegpu.core.errors import PermissionDenied, ValidationError
 
@@ -42,6 +44,39 @@ def test_command_create_stores_a_pending_row(operator, django_capture_on_commit_
     assert (command.requested_by, command.attempts, command.sent_at) == (operator, 0, None)
     assert timedelta(seconds=110) < command.deadline - timezone.now() <= timedelta(minutes=2)
     assert len(callbacks) == 1  # the push to the agent waits for the commit
+
+
+def test_the_push_carries_the_command_but_never_a_registry_password(db):
+    command = AgentCommandFactory(kind="environment_run", payload={"image": "x:1"})
+    event = command_push_event(command)
+    assert event["command_id"] == str(command.pk)
+    assert event["command"] == {
+        "kind": "environment_run",
+        "payload": {"image": "x:1"},
+        "deadline": command.deadline.timestamp(),
+    }
+    secret = AgentCommandFactory(
+        kind="environment_run", payload={"registry_auth": {"password": "s3cret"}}
+    )
+    assert "command" not in command_push_event(secret)  # the connection reads it from the row
+
+
+def test_mark_sent_counts_attempts_and_keeps_an_acknowledgement(db):
+    pending = AgentCommandFactory()
+    acked = AgentCommandFactory(host=pending.host, status=CommandStatus.ACKED)
+    other_host = AgentCommandFactory()
+    assert command_mark_sent(pending.host_id, [pending.pk, acked.pk, other_host.pk]) == 2
+    pending.refresh_from_db()
+    acked.refresh_from_db()
+    other_host.refresh_from_db()
+    assert (pending.status, pending.attempts) == (CommandStatus.SENT, 1)
+    assert pending.sent_at is not None
+    assert (acked.status, acked.attempts) == (CommandStatus.ACKED, 1)
+    assert (other_host.status, other_host.attempts) == (CommandStatus.PENDING, 0)
+    first_sent = pending.sent_at
+    command_mark_sent(pending.host_id, [pending.pk])
+    pending.refresh_from_db()
+    assert (pending.sent_at, pending.attempts) == (first_sent, 2)
 
 
 def test_command_create_without_a_requester_is_the_system(db):
