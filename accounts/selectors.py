@@ -39,9 +39,9 @@ def organization_get_for_user(user: User, slug: str) -> Organization | None:
 def organization_default_for_user(user: User) -> Organization | None:
     """The organisation a request that names none works in: the user's remembered one while
     they are still an active member, else their personal one, else their oldest."""
-    memberships = Membership.objects.filter(
-        user=user, organization__is_active=True
-    ).select_related("organization")
+    memberships = Membership.objects.filter(user=user, organization__is_active=True).select_related(
+        "organization"
+    )
     if user.current_organization_id:
         current = memberships.filter(organization_id=user.current_organization_id).first()
         if current is not None:

@@ -23,6 +23,7 @@ from remotegpu_agent import protocol
 from accounts.choices import AuditAction
 from accounts.models import Organization, SSHKey, User
 from accounts.services.audit import audit_record
+from machines.choices import HostStatus
 from machines.models import AgentCommand, Region
 from machines.services.commands import command_create
 from remotegpu.core.errors import Conflict, ValidationError
@@ -528,7 +529,9 @@ def environment_delete(*, user: User | None, environment: Environment) -> Enviro
     """Remove the container and its volume; GPUs and ports are freed once the host confirms
     (at once when it never had a host)."""
     with transaction.atomic():
-        if environment.host is None:  # never placed: pending, or failed before placement
+        # Never placed (pending, or failed before placement), or its host was retired (it
+        # failed then, and that host will not answer): nothing to ask a host to remove.
+        if environment.host is None or environment.host.status == HostStatus.RETIRED:
             if not environment_transition(
                 environment,
                 source={S.PENDING, S.FAILED},

@@ -8,6 +8,9 @@
   a running environment whose container stayed exited is ``stopped(exited)``; provisioning or
   starting past its deadline ends with ``provision_timeout``; environments waiting for their
   GPUs are started when the GPUs are free.
+- When an operator retires a host: its environments are ``failed(host_lost)`` with their GPUs
+  and ports released, and one being deleted is deleted (the host will not answer again; what
+  is left on its disks goes with the machine).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from django.utils.translation import gettext as _
 
 from machines.models import Host
 from machines.services.commands import command_create
-from machines.services.hosts import inventory_listener
+from machines.services.hosts import host_retired_listener, inventory_listener
 from remotegpu.core.errors import ApplicationError
 
 from ..choices import CONTAINER_STATES, StatusReason
@@ -87,6 +90,39 @@ def environment_reconcile_host(host: Host, inventory) -> None:
     OrphanContainer.objects.filter(host=host).exclude(
         container_id__in=[c.id for c in orphans]
     ).delete()
+
+
+@host_retired_listener
+def environments_host_retired(host: Host) -> int:
+    """Fail every environment of a retired host (``host_lost``), freeing its GPUs and ports;
+    finish the deletes it can no longer confirm. Returns how many changed."""
+    changed = 0
+    environments = Environment.objects.filter(host=host).exclude(status__in=[S.FAILED, S.DELETED])
+    for environment in environments.select_related("organization"):
+        if environment.status == S.DELETING:
+            done = environment_transition(
+                environment,
+                source=S.DELETING,
+                target=S.DELETED,
+                reason=StatusReason.HOST_LOST,
+                message=_("Deleted: its host was retired and will not confirm it."),
+                deleted_at=timezone.now(),
+            )
+        else:
+            done = environment_transition(
+                environment,
+                source=environment.status,
+                target=S.FAILED,
+                reason=StatusReason.HOST_LOST,
+                message=_("Its host %(host)s was retired; its GPUs are released.")
+                % {"host": host.name},
+                container_state="",
+            )
+        if done:
+            environment_release_gpus(environment)
+            environment_release_ports(environment)
+            changed += 1
+    return changed
 
 
 def _mark_lost(environment: Environment) -> None:

@@ -186,13 +186,21 @@ def host_apply_inventory(host: Host, inventory) -> None:
         listener(host, inventory)
 
 
-# Apps above this one (environments) learn of every inventory without this app importing them.
+# Apps above this one (environments) learn of every inventory, and of a host's retirement,
+# without this app importing them.
 _inventory_listeners: list[Callable[[Host, protocol.Inventory], None]] = []
+_retired_listeners: list[Callable[[Host], None]] = []
 
 
 def inventory_listener(function: Callable[[Host, protocol.Inventory], None]):
     """Register ``function(host, inventory)``, called inside the inventory's transaction."""
     _inventory_listeners.append(function)
+    return function
+
+
+def host_retired_listener(function: Callable[[Host], None]):
+    """Register ``function(host)``, called inside the transaction that retires ``host``."""
+    _retired_listeners.append(function)
     return function
 
 
@@ -251,6 +259,8 @@ def host_set_status(*, operator: User, host: Host, status: str, reason: str = ""
         from .realtime import disconnect_agent
 
         disconnect_agent(host.pk)
+        for listener in _retired_listeners:
+            listener(host)
     return host
 
 

@@ -20,6 +20,7 @@ from environments.services.reconciliation import environment_sweep
 from environments.tests.factories import ImageFactory, SpecFactory
 from machines.choices import HostStatus
 from machines.models import Host
+from machines.services.hosts import host_mark_offline_stale
 from remotegpu.core.testing_docker import (
     busybox_image,
     image_with_unique_layer,
@@ -32,6 +33,7 @@ from .conftest import START_TIMEOUT, join_agent, start_agent, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
+AGENT_DOWN_SECONDS = 120
 SERVE = "mkdir -p /www && echo hello-from-env > /www/index.html && exec httpd -f -p 8080 -h /www"
 
 
@@ -307,22 +309,32 @@ def test_an_unknown_labelled_container_is_removed_after_the_grace_period(
     wait_until(gone, timeout=30, what="the orphan removed", process=agent)
 
 
-def test_the_agent_down_for_a_while_comes_back_to_the_right_state(
+def test_the_agent_down_for_two_minutes_comes_back_to_the_right_state(
     agent_host, customer_api, registry_image, docker_client, tmp_path
 ):
+    """Down for two minutes (the issue's figure): long past the host's offline mark and the
+    sweep's grace periods, which run meanwhile as beat would run them."""
     host, agent, state, control = agent_host
     api, _ = customer_api
     environment_id = _running_environment(api, agent, host, registry_image, "steady-1")
     agent.stop()
-    time.sleep(5)
+    down_until = time.monotonic() + AGENT_DOWN_SECONDS
+    while time.monotonic() < down_until:
+        host_mark_offline_stale()
+        environment_sweep()
+        time.sleep(5)
+    assert Host.objects.get(pk=host.pk).status == HostStatus.OFFLINE
+    assert Environment.objects.get(pk=environment_id).status == S.RUNNING
     restarted = start_agent(
         state, control, tmp_path, name="agent-again", extra_args=("--publish-address", "127.0.0.1")
     )
     try:
         wait_until(
-            lambda: Host.objects.filter(pk=host.pk, connected=True).exists(),
+            lambda: Host.objects.filter(
+                pk=host.pk, connected=True, status=HostStatus.ONLINE
+            ).exists(),
             timeout=START_TIMEOUT,
-            what="the agent back",
+            what="the agent back, its host online",
             process=restarted,
         )
         time.sleep(3)  # an inventory or two after reconnecting
