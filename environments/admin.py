@@ -3,6 +3,8 @@ through services, so they are audited and reach the hosts."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from remotegpu.core.admin import ReadOnlyAdmin
@@ -25,7 +27,15 @@ from .services.specs import spec_save
 
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
-    list_display = ["name", "reference", "framework", "cuda_version", "organization", "is_active"]
+    list_display = [
+        "name",
+        "reference",
+        "framework",
+        "cuda_version",
+        "organization",
+        "is_active",
+        "prepull_link",
+    ]
     list_filter = [
         "is_active",
         "framework",
@@ -37,6 +47,14 @@ class ImageAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         image_save(operator=request.user, image=obj)
+
+    @admin.display(description=_("pre-pull"))
+    def prepull_link(self, obj):
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("environments:image_prepull", args=[obj.pk]),
+            _("Pull onto hosts…"),
+        )
 
 
 @admin.register(Spec)

@@ -3,11 +3,11 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from accounts.models import Organization, SSHKey, User
-from machines.models import Region
+from machines.models import Host, Region
 
 from .choices import PlacementStrategy, PortRole
 from .models import Image, Spec
-from .selectors import spec_availability, spec_list
+from .selectors import image_prepull_hosts, spec_availability, spec_list
 from .services.images import image_list_for_organization
 
 
@@ -118,3 +118,23 @@ class EnvironmentCreateForm(forms.Form):
 class EnvironmentStartForm(forms.Form):
     without_gpu = forms.BooleanField(required=False)
     wait = forms.BooleanField(required=False)
+
+
+class ImagePrepullForm(forms.Form):
+    hosts = forms.ModelMultipleChoiceField(
+        label=gettext_lazy("Hosts"),
+        queryset=Host.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        help_text=gettext_lazy("The image is pulled onto each now; starts there never wait."),
+    )
+
+    def __init__(self, *args, image: Image, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image = image
+        self.fields["hosts"].queryset = image_prepull_hosts()
+        self.fields["hosts"].label_from_instance = self._host_label
+
+    def _host_label(self, host: Host) -> str:
+        holds = _("holds it") if self.image.reference in (host.images or []) else _("not yet")
+        region = host.region.name if host.region else _("no region")
+        return f"{host.name} ({region}, {host.get_status_display()}; {holds})"

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from django.core.cache import cache
 from django.db.models import Count, Prefetch, Q, QuerySet
 
 from accounts.models import Organization, User
-from machines.models import Region
+from machines.choices import HostStatus
+from machines.models import AgentCommand, Host, Region
 from machines.selectors import allocated_gpu_source
 
 from .choices import EnvironmentStatus
 from .models import Environment, EnvironmentEvent, GPUAssignment, Image, RegistryCredential, Spec
+from .services.images import prepull_progress_key
 from .services.placement import free_gpus, host_capacity_rows, schedulable_hosts
 
 
@@ -116,3 +119,36 @@ def spec_availability(specs: list[Spec], region: Region | None = None) -> dict[i
 def gpu_ids_allocated() -> QuerySet:
     """The GPUs environments hold, for the fleet's pages (registered with machines)."""
     return GPUAssignment.objects.filter(released_at__isnull=True).values("gpu_id")
+
+
+@dataclass
+class Prepull:
+    """One pull of an image onto a host and how far it got."""
+
+    command: AgentCommand
+    progress: dict
+
+
+def image_prepull_list(image: Image, limit: int = 20) -> list[Prepull]:
+    """The latest pulls of ``image`` an operator asked for, newest first, with the progress
+    the agents last reported for those still running."""
+    commands = list(
+        AgentCommand.objects.filter(kind="image_pull", payload__image=image.reference)
+        .select_related("host", "requested_by")
+        .order_by("-created_at")[:limit]
+    )
+    progress = cache.get_many([prepull_progress_key(command.pk) for command in commands])
+    return [
+        Prepull(command, progress.get(prepull_progress_key(command.pk)) or {})
+        for command in commands
+    ]
+
+
+def image_prepull_hosts() -> QuerySet[Host]:
+    """Hosts an image can be pulled onto: a container runtime, not retired."""
+    return (
+        Host.objects.exclude(status=HostStatus.RETIRED)
+        .exclude(docker_version="")
+        .select_related("region")
+        .order_by("name")
+    )

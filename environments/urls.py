@@ -19,6 +19,7 @@ urlpatterns = [
         "<int:pk>/delete/", environments.EnvironmentDeleteView.as_view(), name="environment_delete"
     ),
     path("images/", images.ImageListView.as_view(), name="image_list"),
+    path("images/<int:pk>/prepull/", images.ImagePrepullView.as_view(), name="image_prepull"),
     path("specs/", images.SpecListView.as_view(), name="spec_list"),
     path(
         "all/",

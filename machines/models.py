@@ -12,6 +12,7 @@ from remotegpu_agent import protocol
 from remotegpu.core.models import TimeStampedModel
 
 from .choices import (
+    OPEN_COMMAND_STATES,
     AlertMetric,
     AlertStatus,
     CommandKind,
@@ -304,6 +305,11 @@ class AgentCommand(TimeStampedModel):
 
     def __str__(self):
         return f"{self.kind} → {self.host_id} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        """Not finished yet: pending, sent or acknowledged."""
+        return self.status in OPEN_COMMAND_STATES
 
 
 class HostFigures(models.Model):

@@ -240,6 +240,7 @@ PK_OBJECTS = {
     "environment_delete": "environment",
     "image-detail": "image",
     "image-prepull": "image",
+    "image_prepull": "image",
     "spec-detail": "spec",
     "registry-credential-detail": "registry_credential",
 }

@@ -14,6 +14,7 @@ from accounts.choices import AuditAction
 from accounts.models import Organization, User
 from accounts.services.audit import audit_record
 from accounts.services.users import user_require_operator
+from machines.choices import HostStatus
 from machines.models import AgentCommand, Host
 from machines.services.commands import command_create
 from remotegpu.core.errors import ValidationError
@@ -29,6 +30,12 @@ REFERENCE = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 PREPULL_TIMEOUT_SECONDS = 3600
+
+
+def prepull_progress_key(command_id) -> str:
+    """Where a pre-pull's latest progress report is kept (the cache: it is gone with the
+    pull, and the command row keeps the outcome)."""
+    return f"environments:prepull:{command_id}"
 
 
 def _sealing_key():
@@ -187,8 +194,22 @@ def registry_auth_for(reference: str) -> dict[str, str]:
 
 
 def image_prepull(*, operator: User, image: Image, hosts: list[Host]) -> list[AgentCommand]:
-    """Pull ``image`` onto ``hosts`` now, so that starting there never waits for a pull."""
+    """Pull ``image`` onto ``hosts`` now, so that starting there never waits for a pull.
+    The agents report each pull's layers and bytes as they go (``image_prepull_list``)."""
     user_require_operator(operator)
+    if not hosts:
+        raise ValidationError.for_field("hosts", _("Choose at least one host."))
+    unable = [
+        host.name
+        for host in hosts
+        if host.status == HostStatus.RETIRED or not host.has_container_runtime
+    ]
+    if unable:
+        raise ValidationError.for_field(
+            "hosts",
+            _("These hosts cannot pull images (retired, or no container runtime): %(hosts)s.")
+            % {"hosts": ", ".join(unable)},
+        )
     commands = [
         command_create(
             host=host,

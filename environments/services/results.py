@@ -8,6 +8,7 @@ old start must not undo a later stop.
 
 from __future__ import annotations
 
+from django.core.cache import cache
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -18,6 +19,7 @@ from machines.services.commands import command_progress_handler, command_result_
 from ..choices import EnvironmentStatus as S
 from ..choices import StatusReason
 from ..models import Environment
+from .images import PREPULL_TIMEOUT_SECONDS, prepull_progress_key
 from .lifecycle import (
     environment_event,
     environment_release_gpus,
@@ -193,6 +195,12 @@ def environment_delete_finished(command: AgentCommand) -> None:
     ):
         environment_release_gpus(environment)
         environment_release_ports(environment)
+
+
+@command_progress_handler("image_pull")
+def image_pull_progress(command: AgentCommand, progress: dict) -> None:
+    """A pre-pull's layers and bytes so far, for the operators' pre-pull page."""
+    cache.set(prepull_progress_key(command.pk), progress, PREPULL_TIMEOUT_SECONDS)
 
 
 @command_result_handler("image_pull")

@@ -137,3 +137,64 @@ def test_fleet_overview_counts_allocated_gpus_and_hosts(
     assert page.context["gpus"]["allocated"] == 3
     assert page.context["gpus"]["free"] == 3
     assert page.context["host_allocation"] == {"free": 1, "partly": 1, "fully": 1}
+
+
+def test_operators_pre_pull_an_image_and_watch_the_pulls(
+    browser, client, operator, image, host, django_capture_on_commit_callbacks
+):
+    from machines.models import AgentCommand
+    from machines.services.commands import command_finish, command_progress
+    from machines.tests.factories import HostFactory
+
+    url = reverse("environments:image_prepull", args=[image.pk])
+    assert browser.get(url).status_code == 404  # customers: no such page
+    assert "image-prepull" not in browser.get(reverse("environments:image_list")).content.decode()
+
+    client.force_login(operator)
+    assert 'data-testid="image-prepull"' in client.get(
+        reverse("environments:image_list")
+    ).content.decode()
+    page = client.get(url).content.decode()
+    assert host.name in page
+    assert "No pulls of this image yet." in page
+    no_runtime = HostFactory(docker_version="")
+    assert no_runtime.name not in page  # only hosts that can pull are offered
+
+    # Nothing chosen: the field says so, nothing is sent.
+    response = client.post(url, {"hosts": []})
+    assert response.status_code == 200
+    assert "This field is required." in response.content.decode()
+    assert not AgentCommand.objects.filter(kind="image_pull").exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url, {"hosts": [host.pk]})
+    assert response.status_code == 302
+    command = AgentCommand.objects.get(kind="image_pull", host=host)
+    assert command.payload["image"] == image.reference
+    assert command.requested_by == operator
+
+    # The agent's progress shows in the table (the htmx partial), then its outcome.
+    progress = {"phase": "pulling", "layers_total": 3, "layers_done": 1}
+    progress |= {"bytes_done": 5 << 20, "bytes_total": 10 << 20}
+    assert command_progress(host.pk, str(command.pk), progress)
+    partial = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert "<html" not in partial
+    assert "1 of 3 layers" in partial
+    assert 'data-pulling="true"' in partial
+    result = {"phase": "pulled", "layers_total": 3, "layers_done": 3, "bytes_total": 10 << 20}
+    command_finish(host.pk, str(command.pk), ok=True, result=result | {"bytes_done": 1}, error="")
+    partial = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    assert "On the host: 3 layers, 10.0\xa0MB downloaded." in partial
+    assert 'data-pulling="false"' in partial
+
+
+def test_pre_pull_refuses_hosts_that_cannot_pull(operator, image, db):
+    from environments.services.images import image_prepull
+    from machines.tests.factories import HostFactory
+    from remotegpu.core.errors import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        image_prepull(operator=operator, image=image, hosts=[HostFactory(docker_version="")])
+    assert "hosts" in refused.value.fields
+    with pytest.raises(ValidationError):
+        image_prepull(operator=operator, image=image, hosts=[])

@@ -1,10 +1,18 @@
-"""The image catalogue as customers see it."""
+"""The image catalogue as customers see it, and operators' pre-pulls."""
 
 from __future__ import annotations
 
-from remotegpu.core.pages import ScopedListView
+from django.contrib import messages
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from django.utils.translation import ngettext
+
+from remotegpu.core.pages import ScopedListView, ServiceFormView
 
 from .. import selectors
+from ..forms import ImagePrepullForm
+from ..models import Image
+from ..services.images import image_prepull
 
 
 class ImageListView(ScopedListView):
@@ -27,3 +35,47 @@ class SpecListView(ScopedListView):
         availability = selectors.spec_availability(specs)
         context["specs"] = [(spec, availability[spec.pk]) for spec in specs]
         return context
+
+
+class ImagePrepullView(ServiceFormView):
+    """Operators pull an image onto chosen hosts ahead of need, and watch the pulls."""
+
+    operator_only = True
+    template_name = "environments/image_prepull.html"
+    partial_template_name = "environments/partials/prepull_table.html"
+    form_class = ImagePrepullForm
+
+    def dispatch(self, request, *args, **kwargs):
+        self.image = get_object_or_404(Image.objects.all(), pk=kwargs["pk"])
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_template_names(self):
+        if getattr(self.request, "htmx", False) and self.request.method == "GET":
+            return [self.partial_template_name]
+        return [self.template_name]
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "image": self.image}
+
+    def get_context_data(self, **kwargs):
+        pulls = selectors.image_prepull_list(self.image)
+        return {
+            **super().get_context_data(**kwargs),
+            "image": self.image,
+            "pulls": pulls,
+            "pulling": any(pull.command.is_open for pull in pulls),
+        }
+
+    def perform(self, form):
+        commands = image_prepull(
+            operator=self.request.user, image=self.image, hosts=list(form.cleaned_data["hosts"])
+        )
+        messages.success(
+            self.request,
+            ngettext("Pulling onto %(count)d host.", "Pulling onto %(count)d hosts.", len(commands))
+            % {"count": len(commands)},
+        )
+        return commands
+
+    def get_success_url(self):
+        return reverse("environments:image_prepull", args=[self.image.pk])
