@@ -87,3 +87,4 @@ class AuditAction(models.TextChoices):
     ENVIRONMENT_RESTARTED = "environment.restarted", _("Environment restarted")
     ENVIRONMENT_DELETED = "environment.deleted", _("Environment deleted")
     ENVIRONMENT_STATUS_CHANGED = "environment.status_changed", _("Environment status changed")
+    ENVIRONMENT_AUTO_STOP_CHANGED = "environment.auto_stop_changed", _("Environment auto-stop set")

@@ -31,6 +31,7 @@ class StatusReason(models.TextChoices):
     QUOTA = "quota", _("Over quota")
     OUT_OF_BALANCE = "out_of_balance", _("Out of balance")
     IDLE = "idle", _("Idle")
+    SCHEDULED = "scheduled", _("Its auto-stop time came")
 
 
 class PortRole(models.TextChoices):

@@ -1,13 +1,17 @@
+from decimal import Decimal
+
 from django import forms
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from accounts.models import Organization, SSHKey, User
 from machines.models import Host, Region
+from remotegpu.core.forms import StyledForm
 
 from .choices import PlacementStrategy, PortRole
 from .models import Image, Spec
 from .selectors import image_prepull_hosts, spec_availability, spec_list
+from .services.autostop import MAX_RUNTIME_MINUTES
 from .services.images import image_list_for_organization
 
 
@@ -113,6 +117,31 @@ class EnvironmentCreateForm(forms.Form):
 
     def clean_ports(self):
         return _parse_ports(self.cleaned_data["ports"])
+
+
+class EnvironmentAutoStopForm(StyledForm):
+    """Both fields each time: a blank one clears it."""
+
+    stop_at = forms.DateTimeField(
+        label=gettext_lazy("Stop at"),
+        required=False,
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    max_runtime_hours = forms.DecimalField(
+        label=gettext_lazy("Stop each run after (hours)"),
+        required=False,
+        min_value=Decimal("0.1"),
+        max_value=Decimal(MAX_RUNTIME_MINUTES // 60),
+        decimal_places=2,
+    )
+
+    def auto_stop(self) -> dict:
+        hours = self.cleaned_data["max_runtime_hours"]
+        return {
+            "stop_at": self.cleaned_data["stop_at"],
+            "max_runtime_minutes": round(hours * 60) if hours is not None else None,
+        }
 
 
 class EnvironmentStartForm(forms.Form):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -230,6 +232,13 @@ class Environment(TimeStampedModel):
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     stopped_at = models.DateTimeField(_("stopped"), null=True, blank=True)
     deleted_at = models.DateTimeField(_("deleted"), null=True, blank=True)
+    # Auto-stop (AutoDL's 定时关机): once at ``stop_at``, and after ``max_runtime_minutes`` of
+    # each run; the owner is warned once per deadline (``auto_stop_warned_for``).
+    stop_at = models.DateTimeField(_("stop at"), null=True, blank=True)
+    max_runtime_minutes = models.PositiveIntegerField(
+        _("maximum run time (minutes)"), null=True, blank=True
+    )
+    auto_stop_warned_for = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("environment")
@@ -249,6 +258,19 @@ class Environment(TimeStampedModel):
 
     def get_absolute_url(self) -> str:
         return reverse("environments:environment_detail", args=[self.pk])
+
+    @property
+    def auto_stop_at(self):
+        """When auto-stop stops this run: the earlier of its stop time (one set before this run
+        started does not count) and its start plus the maximum run time; None when neither."""
+        if self.status != EnvironmentStatus.RUNNING or self.started_at is None:
+            return None
+        times = []
+        if self.stop_at is not None and self.stop_at > self.started_at:
+            times.append(self.stop_at)
+        if self.max_runtime_minutes:
+            times.append(self.started_at + timedelta(minutes=self.max_runtime_minutes))
+        return min(times, default=None)
 
     @property
     def gpu_count(self) -> int:

@@ -11,6 +11,11 @@ urlpatterns = [
     path("<int:pk>/start/", environments.EnvironmentStartView.as_view(), name="environment_start"),
     path("<int:pk>/stop/", environments.EnvironmentStopView.as_view(), name="environment_stop"),
     path(
+        "<int:pk>/auto-stop/",
+        environments.EnvironmentAutoStopView.as_view(),
+        name="environment_auto_stop",
+    ),
+    path(
         "<int:pk>/restart/",
         environments.EnvironmentRestartView.as_view(),
         name="environment_restart",

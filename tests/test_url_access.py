@@ -233,6 +233,8 @@ PK_OBJECTS = {
     "environment-restart": "environment",
     "environment-logs": "environment",
     "environment-events": "environment",
+    "environment-auto-stop": "environment",
+    "environment_auto_stop": "environment",
     "environment_detail": "environment",
     "environment_start": "environment",
     "environment_stop": "environment",

@@ -115,6 +115,11 @@ class EnvironmentSerializer(serializers.ModelSerializer):
     host_address = serializers.SerializerMethodField()
     ports = AllocatedPortSerializer(many=True, read_only=True)
     gpus = AssignedGPUSerializer(source="open_assignments", many=True, read_only=True)
+    auto_stop_at = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text=_("When auto-stop stops this run (its stop time or its maximum run time)."),
+    )
 
     class Meta:
         model = Environment
@@ -142,6 +147,9 @@ class EnvironmentSerializer(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "stopped_at",
+            "stop_at",
+            "max_runtime_minutes",
+            "auto_stop_at",
         ]
 
     def get_host_address(self, environment) -> str:
@@ -178,6 +186,27 @@ class EnvironmentCreateSerializer(serializers.Serializer):
     )
     strategy = serializers.ChoiceField(
         choices=PlacementStrategy.choices, default=PlacementStrategy.BINPACK
+    )
+    stop_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text=_("Auto-stop it once at this time.")
+    )
+    max_runtime_minutes = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=_("Auto-stop each run after this many minutes."),
+    )
+
+
+class EnvironmentAutoStopSerializer(serializers.Serializer):
+    """Give a field to set it, null to clear it; a field left out stays as it is."""
+
+    stop_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text=_("Stop it once at this time.")
+    )
+    max_runtime_minutes = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=_("Stop each run after this many minutes (1 to 43200)."),
     )
 
 

@@ -16,8 +16,8 @@ from remotegpu.core.errors import ValidationError
 from .. import selectors
 from ..choices import EnvironmentStatus
 from ..models import Environment, Image, RegistryCredential, Spec
+from ..services import autostop, lifecycle
 from ..services import images as image_services
-from ..services import lifecycle
 from ..services.logs import environment_logs
 from . import serializers
 
@@ -160,6 +160,20 @@ class EnvironmentViewSet(
         """Stop: the container is removed, ``/workspace`` is kept, GPUs are released."""
         environment = lifecycle.environment_stop(user=request.user, environment=self.get_object())
         return self._output(environment, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=serializers.EnvironmentAutoStopSerializer,
+        responses={200: serializers.EnvironmentSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="auto-stop")
+    def auto_stop(self, request, pk=None):
+        """Set or clear its auto-stop: a stop time and a maximum run time per run."""
+        data = serializers.EnvironmentAutoStopSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        environment = autostop.environment_set_auto_stop(
+            user=request.user, environment=self.get_object(), **data.validated_data
+        )
+        return self._output(environment)
 
     @extend_schema(request=None, responses={202: serializers.EnvironmentSerializer})
     @action(detail=True, methods=["post"])

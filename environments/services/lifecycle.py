@@ -30,6 +30,7 @@ from remotegpu.core.errors import Conflict, ValidationError
 
 from ..choices import EnvironmentStatus, PlacementStrategy, PortRole, StatusReason
 from ..models import Environment, EnvironmentEvent, GPUAssignment, Image, PortAllocation, Spec
+from .autostop import auto_stop_validate
 from .images import image_resolve, registry_auth_for
 from .placement import NoCapacity, place
 from .realtime import environment_notify
@@ -350,9 +351,12 @@ def environment_create(
     ssh_keys: list[SSHKey] | None = None,
     command: list[str] | None = None,
     strategy: str = PlacementStrategy.BINPACK,
+    stop_at=None,
+    max_runtime_minutes: int | None = None,
 ) -> Environment:
     """Validate, check quotas, place and send the host its ``environment_run``, in one
-    transaction: on any error nothing is left behind (no row, no GPU, no port)."""
+    transaction: on any error nothing is left behind (no row, no GPU, no port).
+    ``stop_at`` and ``max_runtime_minutes``: its auto-stop (``autostop``)."""
     name = _validate_name(organization, name)
     image, image_reference = image_resolve(
         organization=organization, image=image, reference=image_reference
@@ -367,6 +371,7 @@ def environment_create(
         raise ValidationError.for_field("strategy", _("Unknown placement strategy."))
     if command is None:
         command = list(image.command) if image is not None else []
+    auto_stop = auto_stop_validate(stop_at, max_runtime_minutes)
     try:
         with transaction.atomic():
             _check_quota(organization, gpus=spec.gpu_count, new_environment=True)
@@ -381,6 +386,7 @@ def environment_create(
                 env=variables,
                 region=region,
                 strategy=strategy,
+                **auto_stop,
             )
             if keys:
                 environment.ssh_keys.set(keys)
@@ -478,19 +484,28 @@ def environment_start(
     return environment
 
 
-def environment_stop(*, user: User | None, environment: Environment) -> Environment:
+def environment_stop(
+    *,
+    user: User | None,
+    environment: Environment,
+    reason: str | None = None,
+    message: str = "",
+) -> Environment:
     """Stop the container (it is removed; ``/workspace`` stays); its GPUs are released once
-    the host confirms."""
+    the host confirms. ``reason``: why, when the system stops it (auto-stop, balance); by
+    default its user's or an operator's choice."""
     _require_host(environment)
+    if reason is None:
+        reason = (
+            StatusReason.USER if user is not None and not user.is_staff else StatusReason.OPERATOR
+        )
     with transaction.atomic():
         if not environment_transition(
             environment,
             source=S.RUNNING,
             target=S.STOPPING,
-            reason=StatusReason.USER
-            if user is not None and not user.is_staff
-            else StatusReason.OPERATOR,
-            message=_("Stopping."),
+            reason=reason,
+            message=message or _("Stopping."),
             actor=user,
             action=AuditAction.ENVIRONMENT_STOPPED,
         ):

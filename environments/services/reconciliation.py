@@ -31,6 +31,7 @@ from remotegpu.core.errors import ApplicationError
 from ..choices import CONTAINER_STATES, StatusReason
 from ..choices import EnvironmentStatus as S
 from ..models import Environment, OrphanContainer
+from .autostop import environment_auto_stop_sweep
 from .lifecycle import (
     environment_release_gpus,
     environment_release_ports,
@@ -247,4 +248,5 @@ def environment_sweep() -> dict[str, int]:
         "exited": _stop_exited(now),
         "orphans_removed": _remove_orphans(now),
         "started": _start_waiting(),
+        **environment_auto_stop_sweep(now),
     }

@@ -151,9 +151,10 @@ def test_operators_pre_pull_an_image_and_watch_the_pulls(
     assert "image-prepull" not in browser.get(reverse("environments:image_list")).content.decode()
 
     client.force_login(operator)
-    assert 'data-testid="image-prepull"' in client.get(
-        reverse("environments:image_list")
-    ).content.decode()
+    assert (
+        'data-testid="image-prepull"'
+        in client.get(reverse("environments:image_list")).content.decode()
+    )
     page = client.get(url).content.decode()
     assert host.name in page
     assert "No pulls of this image yet." in page

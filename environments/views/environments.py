@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.contrib import messages
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from remotegpu.core.errors import ValidationError
 from remotegpu.core.pages import (
     ScopedDetailView,
     ScopedListView,
@@ -18,8 +22,8 @@ from remotegpu.core.pages import (
 from .. import selectors
 from ..choices import EnvironmentStatus
 from ..filters import EnvironmentFilter
-from ..forms import EnvironmentCreateForm, EnvironmentStartForm
-from ..services import lifecycle
+from ..forms import EnvironmentAutoStopForm, EnvironmentCreateForm, EnvironmentStartForm
+from ..services import autostop, lifecycle
 
 
 class OrganizationEnvironmentsMixin:
@@ -68,6 +72,14 @@ class EnvironmentDetailView(ScopedDetailView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["events"] = selectors.environment_event_list(self.object)
+        context["auto_stop_form"] = EnvironmentAutoStopForm(
+            initial={
+                "stop_at": timezone.localtime(self.object.stop_at) if self.object.stop_at else None,
+                "max_runtime_hours": Decimal(self.object.max_runtime_minutes) / 60
+                if self.object.max_runtime_minutes
+                else None,
+            }
+        )
         return context
 
 
@@ -130,6 +142,20 @@ class EnvironmentStopView(EnvironmentActionView):
         lifecycle.environment_stop(user=self.request.user, environment=obj)
 
 
+class EnvironmentAutoStopView(EnvironmentActionView):
+    success_message = gettext_lazy("Auto-stop saved.")
+
+    def perform(self, obj):
+        form = EnvironmentAutoStopForm(self.request.POST)
+        if not form.is_valid():
+            raise ValidationError(
+                " ".join(str(e) for errors in form.errors.values() for e in errors)
+            )
+        autostop.environment_set_auto_stop(
+            user=self.request.user, environment=obj, **form.auto_stop()
+        )
+
+
 class EnvironmentRestartView(EnvironmentActionView):
     success_message = gettext_lazy("Restarting.")
 
@@ -142,8 +168,6 @@ class EnvironmentDeleteView(EnvironmentActionView):
 
     def perform(self, obj):
         if self.request.POST.get("confirm") != obj.name:
-            from remotegpu.core.errors import ValidationError
-
             raise ValidationError(_("Type the environment's name to confirm the deletion."))
         lifecycle.environment_delete(user=self.request.user, environment=obj)
 
