@@ -11,7 +11,7 @@ from remotegpu.core.forms import StyledForm
 from .choices import PlacementStrategy, PortRole
 from .models import Image, Spec
 from .selectors import image_prepull_hosts, spec_availability, spec_list
-from .services.autostop import MAX_RUNTIME_MINUTES
+from .services.autostop import MAX_IDLE_MINUTES, MAX_RUNTIME_MINUTES
 from .services.images import image_list_for_organization
 
 
@@ -136,11 +136,26 @@ class EnvironmentAutoStopForm(StyledForm):
         decimal_places=2,
     )
 
+    idle_stop_minutes = forms.IntegerField(
+        label=gettext_lazy("Stop when idle for (minutes)"),
+        required=False,
+        min_value=10,
+        max_value=MAX_IDLE_MINUTES,
+    )
+    idle_gpu_percent = forms.IntegerField(
+        label=gettext_lazy("Idle below GPU utilisation (%)"),
+        min_value=1,
+        max_value=100,
+        initial=5,
+    )
+
     def auto_stop(self) -> dict:
         hours = self.cleaned_data["max_runtime_hours"]
         return {
             "stop_at": self.cleaned_data["stop_at"],
             "max_runtime_minutes": round(hours * 60) if hours is not None else None,
+            "idle_stop_minutes": self.cleaned_data["idle_stop_minutes"],
+            "idle_gpu_percent": self.cleaned_data["idle_gpu_percent"],
         }
 
 

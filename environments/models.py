@@ -238,6 +238,15 @@ class Environment(TimeStampedModel):
     max_runtime_minutes = models.PositiveIntegerField(
         _("maximum run time (minutes)"), null=True, blank=True
     )
+    # Idle auto-stop: its GPUs under ``idle_gpu_percent`` and no session for this long.
+    idle_stop_minutes = models.PositiveIntegerField(
+        _("idle stop after (minutes)"), null=True, blank=True
+    )
+    idle_gpu_percent = models.PositiveSmallIntegerField(
+        _("idle below GPU utilisation %"),
+        default=5,
+        validators=[MinValueValidator(1), MaxValueValidator(100)],
+    )
     auto_stop_warned_for = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:

@@ -149,6 +149,8 @@ class EnvironmentSerializer(serializers.ModelSerializer):
             "stopped_at",
             "stop_at",
             "max_runtime_minutes",
+            "idle_stop_minutes",
+            "idle_gpu_percent",
             "auto_stop_at",
         ]
 
@@ -157,7 +159,31 @@ class EnvironmentSerializer(serializers.ModelSerializer):
         return (host.address or host.hostname) if host is not None else ""
 
 
-class EnvironmentCreateSerializer(serializers.Serializer):
+class EnvironmentAutoStopSerializer(serializers.Serializer):
+    """Give a field to set it, null to clear it; a field left out stays as it is."""
+
+    stop_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text=_("Stop it once at this time.")
+    )
+    max_runtime_minutes = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=_("Stop each run after this many minutes (1 to 43200)."),
+    )
+    idle_stop_minutes = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=_(
+            "Stop it when its GPUs stay under idle_gpu_percent and no session is open for this "
+            "many minutes (10 to 10080)."
+        ),
+    )
+    idle_gpu_percent = serializers.IntegerField(
+        required=False, help_text=_("GPU utilisation under which it counts as idle (1 to 100).")
+    )
+
+
+class EnvironmentCreateSerializer(EnvironmentAutoStopSerializer):
     name = serializers.CharField(max_length=63)
     organization = serializers.SlugRelatedField(
         slug_field="slug",
@@ -186,27 +212,6 @@ class EnvironmentCreateSerializer(serializers.Serializer):
     )
     strategy = serializers.ChoiceField(
         choices=PlacementStrategy.choices, default=PlacementStrategy.BINPACK
-    )
-    stop_at = serializers.DateTimeField(
-        required=False, allow_null=True, help_text=_("Auto-stop it once at this time.")
-    )
-    max_runtime_minutes = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        help_text=_("Auto-stop each run after this many minutes."),
-    )
-
-
-class EnvironmentAutoStopSerializer(serializers.Serializer):
-    """Give a field to set it, null to clear it; a field left out stays as it is."""
-
-    stop_at = serializers.DateTimeField(
-        required=False, allow_null=True, help_text=_("Stop it once at this time.")
-    )
-    max_runtime_minutes = serializers.IntegerField(
-        required=False,
-        allow_null=True,
-        help_text=_("Stop each run after this many minutes (1 to 43200)."),
     )
 
 

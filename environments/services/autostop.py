@@ -1,18 +1,24 @@
-"""Auto-stop: a stop time (AutoDL's 定时关机) and a maximum run time per environment.
+"""Auto-stop, per environment:
 
-The owner sets either or both; beat's sweep warns them ``WARNING_BEFORE`` ahead (once per
-deadline) and stops the environment when its time comes (reason ``scheduled``; ``/workspace``
-is kept), then tells them. A stop time that passed while the environment was stopped does not
-stop its next run (``Environment.auto_stop_at``).
+- a stop time (AutoDL's 定时关机) and a maximum run time (reason ``scheduled``);
+- idle: its GPUs under ``idle_gpu_percent`` and no session (web terminal, SSH) for
+  ``idle_stop_minutes`` (reason ``idle``). Only environments with GPUs; an environment whose
+  host sends no GPU figures is never judged idle (nobody can tell).
+
+Beat's sweep warns the owner ``WARNING_BEFORE`` ahead (once per deadline) and stops the
+environment when its time comes (``/workspace`` is kept), then tells them. A stop time that
+passed while the environment was stopped does not stop its next run.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -20,23 +26,40 @@ from accounts.choices import AuditAction, NotificationLevel
 from accounts.models import User
 from accounts.services.audit import audit_record
 from accounts.services.notifications import notification_create
+from machines.models import GPUSample
 from remotegpu.core.errors import ApplicationError, Conflict, ValidationError
 
 from ..choices import EnvironmentStatus as S
 from ..choices import StatusReason
-from ..models import Environment
+from ..models import Environment, GPUAssignment
 
 logger = logging.getLogger(__name__)
 
 WARNING_BEFORE = timedelta(minutes=5)
 MAX_RUNTIME_MINUTES = 30 * 24 * 60  # thirty days
 MAX_STOP_AHEAD = timedelta(days=366)
+MAX_IDLE_MINUTES = 7 * 24 * 60
+# GPU figures older than this say nothing about now: an environment whose host stopped sending
+# them is not stopped for idleness.
+FIGURES_FRESH = timedelta(minutes=2)
 _UNCHANGED = object()
+
+
+def _minutes(value, field: str, low: int, high: int, *, nullable: bool = True):
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError.for_field(
+            field, _("Give from %(low)d to %(high)d.") % {"low": low, "high": high}
+        )
+    return value
 
 
 def auto_stop_validate(
     stop_at: datetime | object | None = _UNCHANGED,
     max_runtime_minutes: int | object | None = _UNCHANGED,
+    idle_stop_minutes: int | object | None = _UNCHANGED,
+    idle_gpu_percent: int | object = _UNCHANGED,
 ) -> dict:
     """The auto-stop fields given (None clears one), checked; field errors otherwise."""
     now = timezone.now()
@@ -53,16 +76,18 @@ def auto_stop_validate(
                 raise ValidationError.for_field("stop_at", _("Choose a time within a year."))
         changes["stop_at"] = stop_at
     if max_runtime_minutes is not _UNCHANGED:
-        if max_runtime_minutes is not None and (
-            isinstance(max_runtime_minutes, bool)
-            or not isinstance(max_runtime_minutes, int)
-            or not 1 <= max_runtime_minutes <= MAX_RUNTIME_MINUTES
-        ):
-            raise ValidationError.for_field(
-                "max_runtime_minutes",
-                _("Give from 1 to %(max)d minutes.") % {"max": MAX_RUNTIME_MINUTES},
-            )
-        changes["max_runtime_minutes"] = max_runtime_minutes
+        changes["max_runtime_minutes"] = _minutes(
+            max_runtime_minutes, "max_runtime_minutes", 1, MAX_RUNTIME_MINUTES
+        )
+    if idle_stop_minutes is not _UNCHANGED:
+        # At least ten minutes: the warning comes five minutes before.
+        changes["idle_stop_minutes"] = _minutes(
+            idle_stop_minutes, "idle_stop_minutes", 10, MAX_IDLE_MINUTES
+        )
+    if idle_gpu_percent is not _UNCHANGED:
+        changes["idle_gpu_percent"] = _minutes(
+            idle_gpu_percent, "idle_gpu_percent", 1, 100, nullable=False
+        )
     return changes
 
 
@@ -72,11 +97,14 @@ def environment_set_auto_stop(
     environment: Environment,
     stop_at: datetime | object | None = _UNCHANGED,
     max_runtime_minutes: int | object | None = _UNCHANGED,
+    idle_stop_minutes: int | object | None = _UNCHANGED,
+    idle_gpu_percent: int | object = _UNCHANGED,
 ) -> Environment:
-    """Set or clear (None) the stop time and the maximum run time; what is not given stays."""
+    """Set or clear (None) the stop time, the maximum run time and the idle stop; what is not
+    given stays."""
     if environment.status in (S.DELETING, S.DELETED):
         raise Conflict(_("This environment is being deleted."))
-    changes = auto_stop_validate(stop_at, max_runtime_minutes)
+    changes = auto_stop_validate(stop_at, max_runtime_minutes, idle_stop_minutes, idle_gpu_percent)
     if not changes:
         return environment
     with transaction.atomic():
@@ -92,9 +120,66 @@ def environment_set_auto_stop(
             details={
                 "stop_at": environment.stop_at.isoformat() if environment.stop_at else None,
                 "max_runtime_minutes": environment.max_runtime_minutes,
+                "idle_stop_minutes": environment.idle_stop_minutes,
+                "idle_gpu_percent": environment.idle_gpu_percent,
             },
         )
     return environment
+
+
+# Sessions (the web terminal, the SSH gateway) tell idle detection when they were last used:
+# each source is ``f(environment) -> datetime | None`` (now while a session is open).
+_activity_sources: list[Callable[[Environment], datetime | None]] = []
+
+
+def environment_activity_source(function: Callable[[Environment], datetime | None]):
+    """Register a source of session activity for idle detection."""
+    _activity_sources.append(function)
+    return function
+
+
+def idle_deadline(environment: Environment, now: datetime) -> datetime | None:
+    """When this run stops for idleness if nothing changes; None when idle stop is off, the
+    environment has no GPUs, or its GPUs' figures are not fresh (nobody can tell)."""
+    if not environment.idle_stop_minutes or environment.started_at is None:
+        return None
+    gpu_ids = list(
+        GPUAssignment.objects.filter(environment=environment, released_at__isnull=True).values_list(
+            "gpu_id", flat=True
+        )
+    )
+    if not gpu_ids:
+        return None
+    figures = GPUSample.objects.filter(
+        gpu_id__in=gpu_ids, time__gte=environment.started_at
+    ).aggregate(
+        last=Max("time"),
+        busy=Max("time", filter=Q(utilization__gte=environment.idle_gpu_percent)),
+    )
+    if figures["last"] is None or figures["last"] < now - FIGURES_FRESH:
+        return None
+    activity = [source(environment) for source in _activity_sources]
+    idle_since = max(
+        moment for moment in (environment.started_at, figures["busy"], *activity) if moment
+    )
+    return idle_since + timedelta(minutes=environment.idle_stop_minutes)
+
+
+@dataclass
+class Deadline:
+    at: datetime
+    reason: str
+
+
+def auto_stop_deadline(environment: Environment, now: datetime) -> Deadline | None:
+    """The earliest of this run's scheduled and idle deadlines, with its reason."""
+    deadlines = []
+    if environment.auto_stop_at is not None:
+        deadlines.append(Deadline(environment.auto_stop_at, StatusReason.SCHEDULED))
+    idle = idle_deadline(environment, now)
+    if idle is not None:
+        deadlines.append(Deadline(idle, StatusReason.IDLE))
+    return min(deadlines, key=lambda deadline: deadline.at, default=None)
 
 
 def _owner(environment: Environment) -> User | None:
@@ -102,48 +187,67 @@ def _owner(environment: Environment) -> User | None:
     return user if user is not None and user.is_active else None
 
 
-def _warn(environment: Environment, deadline: datetime) -> None:
+def _notify(environment: Environment, title: str, body: str, level: str) -> None:
     owner = _owner(environment)
     if owner is not None:
         notification_create(
             owner,
-            _("%(name)s stops in 5 minutes") % {"name": environment.name},
-            body=_(
-                "Auto-stop stops it at %(time)s; /workspace is kept. Change or clear its "
-                "auto-stop on its page to keep it running."
-            )
-            % {"time": timezone.localtime(deadline).strftime("%Y-%m-%d %H:%M %Z")},
-            level=NotificationLevel.WARNING,
+            title,
+            body=body,
+            level=level,
             url=environment.get_absolute_url(),
             organization=environment.organization,
         )
-    Environment.objects.filter(pk=environment.pk).update(auto_stop_warned_for=deadline)
 
 
-def _stop(environment: Environment, now: datetime) -> bool:
+def _warn(environment: Environment, deadline: Deadline) -> None:
+    time = timezone.localtime(deadline.at).strftime("%Y-%m-%d %H:%M %Z")
+    if deadline.reason == StatusReason.IDLE:
+        body = _(
+            "Its GPUs have been idle and no session is open: it stops at %(time)s unless "
+            "they get busy or you connect; /workspace is kept."
+        ) % {"time": time}
+    else:
+        body = _(
+            "Auto-stop stops it at %(time)s; /workspace is kept. Change or clear its "
+            "auto-stop on its page to keep it running."
+        ) % {"time": time}
+    _notify(
+        environment,
+        _("%(name)s stops in 5 minutes") % {"name": environment.name},
+        body,
+        NotificationLevel.WARNING,
+    )
+    Environment.objects.filter(pk=environment.pk).update(auto_stop_warned_for=deadline.at)
+
+
+def _stop(environment: Environment, deadline: Deadline, now: datetime) -> bool:
     from .lifecycle import environment_stop  # lifecycle validates with this module's rules
 
+    idle = deadline.reason == StatusReason.IDLE
     try:
         environment_stop(
             user=None,
             environment=environment,
-            reason=StatusReason.SCHEDULED,
-            message=_("Stopping: its auto-stop time came."),
+            reason=deadline.reason,
+            message=_("Stopping: its GPUs were idle for %(minutes)d minutes.")
+            % {"minutes": environment.idle_stop_minutes}
+            if idle
+            else _("Stopping: its auto-stop time came."),
         )
     except ApplicationError as error:  # it changed state meanwhile, or lost its host
         logger.info("auto-stop of environment %s: %s", environment.pk, error)
         return False
     if environment.stop_at is not None and environment.stop_at <= now:
         Environment.objects.filter(pk=environment.pk).update(stop_at=None)  # it was once
-    owner = _owner(environment)
-    if owner is not None:
-        notification_create(
-            owner,
-            _("%(name)s was stopped by auto-stop") % {"name": environment.name},
-            body=_("Its /workspace is kept; start it again when you need it."),
-            url=environment.get_absolute_url(),
-            organization=environment.organization,
-        )
+    _notify(
+        environment,
+        _("%(name)s was stopped: idle") % {"name": environment.name}
+        if idle
+        else _("%(name)s was stopped by auto-stop") % {"name": environment.name},
+        _("Its /workspace is kept; start it again when you need it."),
+        NotificationLevel.INFO,
+    )
     return True
 
 
@@ -154,17 +258,24 @@ def environment_auto_stop_sweep(now: datetime | None = None) -> dict[str, int]:
     counts = {"warned": 0, "stopped": 0}
     candidates = (
         Environment.objects.filter(status=S.RUNNING, started_at__isnull=False)
-        .filter(Q(stop_at__isnull=False) | Q(max_runtime_minutes__isnull=False))
+        .filter(
+            Q(stop_at__isnull=False)
+            | Q(max_runtime_minutes__isnull=False)
+            | Q(idle_stop_minutes__isnull=False)
+        )
         .select_related("organization", "created_by", "host")
     )
     for environment in candidates:
-        deadline = environment.auto_stop_at
+        deadline = auto_stop_deadline(environment, now)
         if deadline is None:
             continue
         with transaction.atomic():
-            if deadline <= now:
-                counts["stopped"] += _stop(environment, now)
-            elif deadline - now <= WARNING_BEFORE and environment.auto_stop_warned_for != deadline:
+            if deadline.at <= now:
+                counts["stopped"] += _stop(environment, deadline, now)
+            elif (
+                deadline.at - now <= WARNING_BEFORE
+                and environment.auto_stop_warned_for != deadline.at
+            ):
                 _warn(environment, deadline)
                 counts["warned"] += 1
     return counts

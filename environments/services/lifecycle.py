@@ -353,10 +353,13 @@ def environment_create(
     strategy: str = PlacementStrategy.BINPACK,
     stop_at=None,
     max_runtime_minutes: int | None = None,
+    idle_stop_minutes: int | None = None,
+    idle_gpu_percent: int = 5,
 ) -> Environment:
     """Validate, check quotas, place and send the host its ``environment_run``, in one
     transaction: on any error nothing is left behind (no row, no GPU, no port).
-    ``stop_at`` and ``max_runtime_minutes``: its auto-stop (``autostop``)."""
+    ``stop_at``, ``max_runtime_minutes`` and ``idle_stop_minutes``: its auto-stop
+    (``autostop``)."""
     name = _validate_name(organization, name)
     image, image_reference = image_resolve(
         organization=organization, image=image, reference=image_reference
@@ -371,7 +374,9 @@ def environment_create(
         raise ValidationError.for_field("strategy", _("Unknown placement strategy."))
     if command is None:
         command = list(image.command) if image is not None else []
-    auto_stop = auto_stop_validate(stop_at, max_runtime_minutes)
+    auto_stop = auto_stop_validate(
+        stop_at, max_runtime_minutes, idle_stop_minutes, idle_gpu_percent
+    )
     try:
         with transaction.atomic():
             _check_quota(organization, gpus=spec.gpu_count, new_environment=True)

@@ -148,15 +148,107 @@ def test_the_page_sets_and_clears_it(client, customer, organization, running):
     assert 'data-testid="auto-stop-form"' in page
     assert "Off: it runs until you stop it." in page
     url = reverse("environments:environment_auto_stop", args=[running.pk])
-    response = client.post(url, {"stop_at": "", "max_runtime_hours": "1.5"})
+    form = {"stop_at": "", "idle_stop_minutes": "", "idle_gpu_percent": "5"}
+    response = client.post(url, form | {"max_runtime_hours": "1.5"})
     assert response.status_code == 302
     running.refresh_from_db()
     assert running.max_runtime_minutes == 90
     assert "This run stops at" in client.get(running.get_absolute_url()).content.decode()
-    response = client.post(url, {"stop_at": "", "max_runtime_hours": "-2"}, follow=True)
+    response = client.post(url, form | {"max_runtime_hours": "-2"}, follow=True)
     assert "greater than or equal to 0.1" in response.content.decode()
     running.refresh_from_db()
     assert running.max_runtime_minutes == 90
-    client.post(url, {"stop_at": "", "max_runtime_hours": ""})
+    client.post(url, form | {"max_runtime_hours": "", "idle_stop_minutes": "45"})
     running.refresh_from_db()
-    assert running.max_runtime_minutes is None
+    assert (running.max_runtime_minutes, running.idle_stop_minutes) == (None, 45)
+    page = client.get(running.get_absolute_url()).content.decode()
+    assert "no session is open for 45 minutes" in page
+
+
+def _sample(environment, at, utilization):
+    from machines.models import GPUSample
+
+    for assignment in environment.gpu_assignments.filter(released_at__isnull=True):
+        GPUSample.objects.create(
+            gpu_id=assignment.gpu_id, time=at, utilization=utilization, memory_used=0
+        )
+
+
+def test_idle_gpus_warn_then_stop_it_with_reason_idle(running, customer):
+    environment_set_auto_stop(user=customer, environment=running, idle_stop_minutes=30)
+    running.refresh_from_db()
+    start = running.started_at
+    _sample(running, start + timedelta(minutes=5), 80)  # busy at first
+    _sample(running, start + timedelta(minutes=6), 1)
+    _sample(running, start + timedelta(minutes=29), 2)
+    # Idle since minute 6 (the last busy sample was at 5): the deadline is 5 + 30 = 35.
+    assert environment_auto_stop_sweep(start + timedelta(minutes=29))["warned"] == 0
+    _sample(running, start + timedelta(minutes=31), 2)
+    assert environment_auto_stop_sweep(start + timedelta(minutes=31)) == {
+        "warned": 1,
+        "stopped": 0,
+    }
+    warning = Notification.objects.get(user=customer)
+    assert "idle" in warning.body
+    _sample(running, start + timedelta(minutes=35), 0)
+    assert environment_auto_stop_sweep(start + timedelta(minutes=35))["stopped"] == 1
+    running.refresh_from_db()
+    assert (running.status, running.status_reason) == (S.STOPPING, StatusReason.IDLE)
+
+
+def test_a_busy_gpu_or_an_open_session_keeps_it_running(running, customer):
+    from environments.services import autostop
+
+    environment_set_auto_stop(user=customer, environment=running, idle_stop_minutes=30)
+    running.refresh_from_db()
+    start = running.started_at
+    _sample(running, start + timedelta(minutes=40), 50)  # busy now
+    assert autostop.idle_deadline(running, start + timedelta(minutes=41)) == start + timedelta(
+        minutes=70
+    )
+    _sample(running, start + timedelta(minutes=80), 0)
+    at = start + timedelta(minutes=80)
+
+    def session_open(environment):
+        return at  # a terminal is open now
+
+    autostop._activity_sources.append(session_open)
+    try:
+        assert autostop.idle_deadline(running, at) == at + timedelta(minutes=30)
+        assert environment_auto_stop_sweep(at)["stopped"] == 0
+    finally:
+        autostop._activity_sources.remove(session_open)
+    assert environment_auto_stop_sweep(at)["stopped"] == 1
+
+
+def test_no_fresh_gpu_figures_no_idle_stop(running, customer):
+    from environments.services.autostop import idle_deadline
+
+    environment_set_auto_stop(user=customer, environment=running, idle_stop_minutes=30)
+    running.refresh_from_db()
+    start = running.started_at
+    _sample(running, start + timedelta(minutes=1), 0)
+    # Hours later, no figures since minute 1: the host went quiet; nobody can tell.
+    assert idle_deadline(running, start + timedelta(hours=3)) is None
+    assert environment_auto_stop_sweep(start + timedelta(hours=3))["stopped"] == 0
+
+
+def test_idle_stop_needs_gpus_and_sane_values(customer, organization, image, host, running):
+    from environments.services.autostop import idle_deadline
+
+    from .factories import SpecFactory
+
+    cpu = environment_create(
+        user=customer,
+        organization=organization,
+        name="cpu-1",
+        spec=SpecFactory(gpu_count=0, gpu_model=""),
+        image=image,
+        idle_stop_minutes=30,
+    )
+    run_succeeds(cpu)
+    assert idle_deadline(cpu, timezone.now()) is None  # nothing to judge it by
+    for field, value in (("idle_stop_minutes", 5), ("idle_gpu_percent", 0)):
+        with pytest.raises(ValidationError) as refused:
+            environment_set_auto_stop(user=customer, environment=running, **{field: value})
+        assert field in refused.value.fields

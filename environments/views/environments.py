@@ -78,6 +78,8 @@ class EnvironmentDetailView(ScopedDetailView):
                 "max_runtime_hours": Decimal(self.object.max_runtime_minutes) / 60
                 if self.object.max_runtime_minutes
                 else None,
+                "idle_stop_minutes": self.object.idle_stop_minutes,
+                "idle_gpu_percent": self.object.idle_gpu_percent,
             }
         )
         return context
