@@ -86,6 +86,20 @@ class EnvironmentCreateForm(forms.Form):
         choices=PlacementStrategy.choices,
         initial=PlacementStrategy.BINPACK,
     )
+    max_runtime_hours = forms.DecimalField(
+        label=gettext_lazy("Auto-stop each run after (hours)"),
+        required=False,
+        min_value=Decimal("0.1"),
+        max_value=Decimal(MAX_RUNTIME_MINUTES // 60),
+        decimal_places=2,
+    )
+    idle_stop_minutes = forms.IntegerField(
+        label=gettext_lazy("Auto-stop when its GPUs are idle for (minutes)"),
+        required=False,
+        min_value=10,
+        max_value=MAX_IDLE_MINUTES,
+        help_text=gettext_lazy("Under 5 % utilisation with no session open; empty: never."),
+    )
 
     def __init__(self, *args, user: User, organization: Organization, **kwargs):
         super().__init__(*args, **kwargs)

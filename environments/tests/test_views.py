@@ -37,12 +37,15 @@ def test_create_on_the_page_then_act(browser, spec, image, host):
             "env": "A=1\nB=two words",
             "ports": "9000:tcp",
             "strategy": "binpack",
+            "max_runtime_hours": "2",
+            "idle_stop_minutes": "30",
         },
     )
     environment = Environment.objects.get(name="notebook-1")
     assert response.status_code == 302
     assert response["Location"] == environment.get_absolute_url()
     assert environment.env == {"A": "1", "B": "two words"}
+    assert (environment.max_runtime_minutes, environment.idle_stop_minutes) == (120, 30)
     assert environment.status == S.PROVISIONING
 
     run_succeeds(environment)
