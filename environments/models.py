@@ -248,6 +248,8 @@ class Environment(TimeStampedModel):
         validators=[MinValueValidator(1), MaxValueValidator(100)],
     )
     auto_stop_warned_for = models.DateTimeField(null=True, blank=True, editable=False)
+    # The JupyterLab token of an image that publishes a Jupyter port, sealed (services.jupyter).
+    jupyter_token_sealed = models.TextField(blank=True, editable=False)
 
     class Meta:
         verbose_name = _("environment")

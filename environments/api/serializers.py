@@ -7,6 +7,7 @@ from machines.models import Host, Region
 
 from ..choices import PlacementStrategy, PortRole
 from ..models import Environment, EnvironmentEvent, Image, RegistryCredential, Spec
+from ..services.jupyter import jupyter_url
 
 
 class PortSerializer(serializers.Serializer):
@@ -115,6 +116,9 @@ class EnvironmentSerializer(serializers.ModelSerializer):
     host_address = serializers.SerializerMethodField()
     ports = AllocatedPortSerializer(many=True, read_only=True)
     gpus = AssignedGPUSerializer(source="open_assignments", many=True, read_only=True)
+    jupyter_url = serializers.SerializerMethodField(
+        help_text=_("JupyterLab with its token, when its image publishes a Jupyter port.")
+    )
     auto_stop_at = serializers.DateTimeField(
         read_only=True,
         allow_null=True,
@@ -152,7 +156,11 @@ class EnvironmentSerializer(serializers.ModelSerializer):
             "idle_stop_minutes",
             "idle_gpu_percent",
             "auto_stop_at",
+            "jupyter_url",
         ]
+
+    def get_jupyter_url(self, environment) -> str:
+        return jupyter_url(environment)
 
     def get_host_address(self, environment) -> str:
         host = environment.host

@@ -32,6 +32,7 @@ from ..choices import EnvironmentStatus, PlacementStrategy, PortRole, StatusReas
 from ..models import Environment, EnvironmentEvent, GPUAssignment, Image, PortAllocation, Spec
 from .autostop import auto_stop_validate
 from .images import image_resolve, registry_auth_for
+from .jupyter import jupyter_token, jupyter_token_new, jupyter_wanted
 from .placement import NoCapacity, place
 from .realtime import environment_notify
 
@@ -299,6 +300,9 @@ def _run_payload(environment: Environment, gpu_uuids: list[str]) -> dict:
         "REMOTEGPU_PUBLIC_HOST": environment.host.address or environment.host.hostname,
         **{f"REMOTEGPU_PORT_{port.container_port}": str(port.host_port) for port in ports},
     }
+    token = jupyter_token(environment)
+    if token:
+        env["JUPYTER_TOKEN"] = token
     keys = environment.ssh_keys.values_list("public_key", flat=True)
     if keys:
         env["REMOTEGPU_SSH_PUBLIC_KEYS"] = "\n".join(keys)
@@ -391,6 +395,7 @@ def environment_create(
                 env=variables,
                 region=region,
                 strategy=strategy,
+                jupyter_token_sealed=jupyter_token_new()[1] if jupyter_wanted(port_list) else "",
                 **auto_stop,
             )
             if keys:
