@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Docker Engine the environment tests drive (ARCHITECTURE.md §8): Debian's docker.io, the
-# docker-registry (distribution v2) they push to and pull from on loopback, and busybox-static,
-# the root of the small test image. Installed when missing and we are root with apt-get (CI);
+# docker-registry (distribution v2) they push to and pull from on loopback, busybox-static,
+# the root of the small test image, and debootstrap, the root of the Debian test images. Installed when missing and we are root with apt-get (CI);
 # then dockerd is started, detached, when no engine answers. Idempotent: run it as often as you
 # like. Locally, without the engine, the tests that need it skip; in CI (CI=true) this fails.
 set -euo pipefail
@@ -21,6 +21,7 @@ missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 [ -x /bin/busybox ] || missing+=(busybox-static)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   if is_root && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} (for the Docker tests)"

@@ -549,3 +549,53 @@ def _placement_state() -> dict:
         "gpu_counts": list(HostGPUModel.objects.values("host_id", "model", "healthy")),
         "environments": list(Environment.objects.values("name", "status", "host_id")),
     }
+
+
+def test_jupyterlab_opens_with_its_token_and_only_with_it(agent_host, customer_api, docker_client):
+    """The issue's Jupyter image: Debian from debootstrap, JupyterLab from wheels downloaded on
+    the host. The environment's own token opens it; no token, no way in."""
+    from urllib.parse import urlsplit
+
+    from remotegpu.core.testing_images import jupyter_image
+
+    _host, agent, _, _ = agent_host
+    api, _ = customer_api
+    image = ImageFactory(
+        reference=jupyter_image(docker_client),
+        command=[],  # the image's own: jupyter lab on 8888
+        ports=[{"port": 8888, "role": "jupyter"}],
+    )
+    spec = SpecFactory(gpu_model="", gpu_count=0, vcpu=1, memory_gib=2)
+    code, body = api(
+        "POST", "/api/v1/environments/", {"name": "lab-1", "spec": spec.pk, "image": image.pk}
+    )
+    assert code == 201, body
+    body = _wait_status(api, body["id"], S.RUNNING, agent)
+    url = urlsplit(body["jupyter_url"])
+    token = url.query.removeprefix("token=")
+    assert url.path == "/lab"
+    assert len(token) >= 32
+    base = f"http://127.0.0.1:{url.port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with opener.open(base + path, timeout=5) as response:
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+        except OSError:
+            return 0, ""  # not listening yet
+
+    status = wait_until(
+        lambda: get(f"/api/status?token={token}")[0] == 200 or None,
+        timeout=90,
+        what="JupyterLab answering",
+        process=agent,
+    )
+    assert status
+    code, page = get(f"/lab?token={token}")
+    assert code == 200
+    assert "JupyterLab" in page
+    assert get("/api/status")[0] == 403
+    assert get("/api/status?token=wrong-token")[0] == 403
