@@ -7,16 +7,17 @@ import csv
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.core.paginator import Paginator
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse_lazy
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 from django.views.i18n import set_language
 
 from remotegpu.core.errors import ApplicationError, NotFound
-from remotegpu.core.forms import style_widgets
+from remotegpu.core.pages import ScopedListView, ServiceActionView, ServiceFormView
 from remotegpu.core.portal import apply_error_to_form, service_messages
 
 from . import selectors
@@ -39,7 +40,6 @@ from .services import tokens as token_services
 from .services.ssh_keys import ssh_keygen_line
 from .services.users import user_set_language
 
-PAGE_SIZE = 50
 INVITATION_SESSION_KEY = "invitation_key"
 
 
@@ -53,8 +53,13 @@ def _is_manager(request) -> bool:
     return request.membership_role in MANAGER_ROLES or request.user.is_staff
 
 
-def _page(request, queryset):
-    return Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+class CurrentOrganizationMixin:
+    """Pages of the organisation the user works in: 404 to a user who belongs to none."""
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.user.is_authenticated:
+            self.organization = _current_organization(request)
+        return super().dispatch(request, *args, **kwargs)
 
 
 @require_POST
@@ -107,22 +112,18 @@ def organization_list(request):
     return render(request, "accounts/organization_list.html", {"organizations": organizations})
 
 
-@login_required
-def organization_create(request):
-    form = OrganizationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            organization = organization_services.organization_create(
-                user=request.user, **form.cleaned_data
-            )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(
-                request, _("Organisation %(name)s created.") % {"name": organization.name}
-            )
-            return redirect("accounts:dashboard")
-    return render(request, "accounts/organization_form.html", {"form": form})
+class OrganizationCreateView(ServiceFormView):
+    template_name = "accounts/organization_form.html"
+    form_class = OrganizationForm
+    success_url = reverse_lazy("accounts:dashboard")
+
+    def perform(self, form):
+        return organization_services.organization_create(
+            user=self.request.user, **form.cleaned_data
+        )
+
+    def get_success_message(self, cleaned_data):
+        return _("Organisation %(name)s created.") % {"name": self.result.name}
 
 
 @login_required
@@ -139,25 +140,28 @@ def organization_switch(request, slug):
     return redirect(target)
 
 
-@login_required
-def organization_settings(request):
-    organization = _current_organization(request)
-    form = OrganizationRenameForm(request.POST or None, initial={"name": organization.name})
-    if request.method == "POST" and form.is_valid():
-        try:
-            organization_services.organization_update(
-                actor=request.user, organization=organization, name=form.cleaned_data["name"]
-            )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(request, _("Organisation saved."))
-            return redirect("accounts:organization_settings")
-    return render(
-        request,
-        "accounts/organization_settings.html",
-        {"organization": organization, "form": form, "can_manage": _is_manager(request)},
-    )
+class OrganizationSettingsView(CurrentOrganizationMixin, ServiceFormView):
+    template_name = "accounts/organization_settings.html"
+    form_class = OrganizationRenameForm
+    success_url = reverse_lazy("accounts:organization_settings")
+    success_message = gettext_lazy("Organisation saved.")
+
+    def get_initial(self):
+        return {"name": self.organization.name}
+
+    def get_context_data(self, **kwargs):
+        return {
+            **super().get_context_data(**kwargs),
+            "organization": self.organization,
+            "can_manage": _is_manager(self.request),
+        }
+
+    def perform(self, form):
+        organization_services.organization_update(
+            actor=self.request.user,
+            organization=self.organization,
+            name=form.cleaned_data["name"],
+        )
 
 
 # Members and invitations -------------------------------------------------------------------
@@ -181,29 +185,28 @@ def member_list(request):
     return render(request, "accounts/member_list.html", context)
 
 
-def _membership_in_current(request, pk):
-    organization = _current_organization(request)
-    return get_object_or_404(selectors.membership_list(organization), pk=pk)
+class MemberRoleView(CurrentOrganizationMixin, ServiceActionView):
+    success_url = reverse_lazy("accounts:member_list")
 
+    def scoped_queryset(self):
+        return selectors.membership_list(self.organization)
 
-@login_required
-@require_POST
-def member_role(request, pk):
-    membership = _membership_in_current(request, pk)
-    form = RoleForm(request.POST)
-    if form.is_valid():
-        with service_messages(request):
+    def perform(self, obj):
+        # A role the form's select does not offer changes nothing and says nothing.
+        form = RoleForm(self.request.POST)
+        if form.is_valid():
             organization_services.membership_change_role(
-                actor=request.user, membership=membership, role=form.cleaned_data["role"]
+                actor=self.request.user, membership=obj, role=form.cleaned_data["role"]
             )
-            messages.success(request, _("Role changed."))
-    return redirect("accounts:member_list")
+            messages.success(self.request, _("Role changed."))
 
 
 @login_required
 @require_POST
 def member_remove(request, pk):
-    membership = _membership_in_current(request, pk)
+    """Removing oneself is leaving: the organisation's pages are no longer there to go back to."""
+    organization = _current_organization(request)
+    membership = get_object_or_404(selectors.membership_list(organization), pk=pk)
     leaving = membership.user_id == request.user.pk
     try:
         organization_services.membership_remove(actor=request.user, membership=membership)
@@ -217,52 +220,45 @@ def member_remove(request, pk):
     return redirect("accounts:member_list")
 
 
-@login_required
-@require_POST
-def invitation_create(request):
-    organization = _current_organization(request)
-    form = InvitationForm(request.POST)
-    if form.is_valid():
-        try:
-            invitation_services.invitation_create(
-                actor=request.user, organization=organization, **form.cleaned_data
-            )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(
-                request, _("Invitation sent to %(email)s.") % {"email": form.cleaned_data["email"]}
-            )
-            return redirect("accounts:member_list")
-    for errors in form.errors.values():
-        for error in errors:
-            messages.error(request, error)
-    return redirect("accounts:member_list")
+class InvitationCreateView(CurrentOrganizationMixin, ServiceFormView):
+    """The invitation form of the members page: its errors are shown there, as messages."""
+
+    http_method_names = ["post"]
+    form_class = InvitationForm
+    success_url = reverse_lazy("accounts:member_list")
+    success_message = gettext_lazy("Invitation sent to %(email)s.")
+
+    def perform(self, form):
+        invitation_services.invitation_create(
+            actor=self.request.user, organization=self.organization, **form.cleaned_data
+        )
+
+    def form_invalid(self, form):
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(self.request, error)
+        return HttpResponseRedirect(self.get_success_url())
 
 
-def _invitation_in_current(request, pk):
-    organization = _current_organization(request)
-    return get_object_or_404(selectors.invitation_list(organization), pk=pk)
+class InvitationActionView(CurrentOrganizationMixin, ServiceActionView):
+    success_url = reverse_lazy("accounts:member_list")
+
+    def scoped_queryset(self):
+        return selectors.invitation_list(self.organization)
 
 
-@login_required
-@require_POST
-def invitation_resend(request, pk):
-    invitation = _invitation_in_current(request, pk)
-    with service_messages(request):
-        invitation_services.invitation_resend(actor=request.user, invitation=invitation)
-        messages.success(request, _("Invitation sent again."))
-    return redirect("accounts:member_list")
+class InvitationResendView(InvitationActionView):
+    success_message = gettext_lazy("Invitation sent again.")
+
+    def perform(self, obj):
+        invitation_services.invitation_resend(actor=self.request.user, invitation=obj)
 
 
-@login_required
-@require_POST
-def invitation_revoke(request, pk):
-    invitation = _invitation_in_current(request, pk)
-    with service_messages(request):
-        invitation_services.invitation_revoke(actor=request.user, invitation=invitation)
-        messages.success(request, _("Invitation revoked."))
-    return redirect("accounts:member_list")
+class InvitationRevokeView(InvitationActionView):
+    success_message = gettext_lazy("Invitation revoked.")
+
+    def perform(self, obj):
+        invitation_services.invitation_revoke(actor=self.request.user, invitation=obj)
 
 
 def invitation_respond(request, key):
@@ -324,13 +320,17 @@ def token_create(request):
     return render(request, "accounts/token_form.html", {"form": form})
 
 
-@login_required
-@require_POST
-def token_revoke(request, pk):
-    token = get_object_or_404(selectors.token_list(request.user), pk=pk)
-    token_services.token_revoke(actor=request.user, token=token)
-    messages.success(request, _("Token %(name)s revoked.") % {"name": token.name})
-    return redirect("accounts:token_list")
+class TokenRevokeView(ServiceActionView):
+    success_url = reverse_lazy("accounts:token_list")
+
+    def scoped_queryset(self):
+        return selectors.token_list(self.request.user)
+
+    def perform(self, obj):
+        token_services.token_revoke(actor=self.request.user, token=obj)
+
+    def get_success_message(self, obj):
+        return _("Token %(name)s revoked.") % {"name": obj.name}
 
 
 # SSH keys ----------------------------------------------------------------------------------
@@ -342,49 +342,47 @@ def ssh_key_list(request):
     return render(request, "accounts/ssh_key_list.html", {"keys": keys, "form": SSHKeyForm()})
 
 
-@login_required
-def ssh_key_create(request):
-    form = SSHKeyForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            key = ssh_key_services.ssh_key_add(user=request.user, **form.cleaned_data)
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(request, _("SSH key %(name)s added.") % {"name": key.name})
-            return redirect("accounts:ssh_key_list")
-    return render(request, "accounts/ssh_key_form.html", {"form": form})
+class SSHKeyCreateView(ServiceFormView):
+    template_name = "accounts/ssh_key_form.html"
+    form_class = SSHKeyForm
+    success_url = reverse_lazy("accounts:ssh_key_list")
+
+    def perform(self, form):
+        return ssh_key_services.ssh_key_add(user=self.request.user, **form.cleaned_data)
+
+    def get_success_message(self, cleaned_data):
+        return _("SSH key %(name)s added.") % {"name": self.result.name}
 
 
-@login_required
-@require_POST
-def ssh_key_delete(request, pk):
-    key = get_object_or_404(selectors.ssh_key_list(request.user), pk=pk)
-    ssh_key_services.ssh_key_delete(actor=request.user, key=key)
-    messages.success(request, _("SSH key %(name)s removed.") % {"name": key.name})
-    return redirect("accounts:ssh_key_list")
+class SSHKeyDeleteView(ServiceActionView):
+    success_url = reverse_lazy("accounts:ssh_key_list")
+
+    def scoped_queryset(self):
+        return selectors.ssh_key_list(self.request.user)
+
+    def perform(self, obj):
+        ssh_key_services.ssh_key_delete(actor=self.request.user, key=obj)
+
+    def get_success_message(self, obj):
+        return _("SSH key %(name)s removed.") % {"name": obj.name}
 
 
 # Audit log ---------------------------------------------------------------------------------
 
 
-def _audit_queryset(request):
-    queryset = selectors.audit_event_list_for_user(request.user)
-    if not request.user.is_staff and not _is_manager(request):
+def _audit_events(request):
+    """The events this user may read; the log is for managers and operators only."""
+    if not _is_manager(request):
         raise Http404
-    event_filter = AuditEventFilter(request.GET or None, queryset=queryset)
-    style_widgets(event_filter.form)
-    return event_filter
+    return selectors.audit_event_list_for_user(request.user)
 
 
-@login_required
-def audit_list(request):
-    event_filter = _audit_queryset(request)
-    return render(
-        request,
-        "accounts/audit_list.html",
-        {"filter": event_filter, "page": _page(request, event_filter.qs)},
-    )
+class AuditListView(ScopedListView):
+    template_name = "accounts/audit_list.html"
+    filterset_class = AuditEventFilter
+
+    def scoped_queryset(self):
+        return _audit_events(self.request)
 
 
 class _Echo:
@@ -394,7 +392,8 @@ class _Echo:
 
 @login_required
 def audit_export(request):
-    event_filter = _audit_queryset(request)
+    """Streamed, so that a year of events never sits in memory."""
+    event_filter = AuditEventFilter(request.GET or None, queryset=_audit_events(request))
     writer = csv.writer(_Echo())
     header = [
         "time",
@@ -436,12 +435,11 @@ def audit_export(request):
 # Notifications -----------------------------------------------------------------------------
 
 
-@login_required
-def notification_list(request):
-    notifications = selectors.notification_list(request.user)
-    return render(
-        request, "accounts/notification_list.html", {"page": _page(request, notifications)}
-    )
+class NotificationListView(ScopedListView):
+    template_name = "accounts/notification_list.html"
+
+    def scoped_queryset(self):
+        return selectors.notification_list(self.request.user)
 
 
 @login_required

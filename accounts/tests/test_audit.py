@@ -235,7 +235,7 @@ def test_managers_see_only_their_organizations_events(
     client.force_login(user)
     page = client.get("/audit/")
     assert page.status_code == 200
-    assert [event.pk for event in page.context["page"]] == [scoped_events["mine"].pk]
+    assert [event.pk for event in page.context["page_obj"]] == [scoped_events["mine"].pk]
 
     body = token_client_for(user).get("/api/v1/audit-events/").json()
     assert [row["id"] for row in body["results"]] == [scoped_events["mine"].pk]
@@ -254,7 +254,7 @@ def test_operators_see_everything(client, token_client_for, operator, scoped_eve
     client.force_login(operator)
     page = client.get("/audit/")
     assert page.status_code == 200
-    shown = {event.pk for event in page.context["page"]}
+    shown = {event.pk for event in page.context["page_obj"]}
     assert {event.pk for event in scoped_events.values()} <= shown
 
     body = token_client_for(operator).get("/api/v1/audit-events/?page_size=500").json()
@@ -300,7 +300,7 @@ def filter_events(owner, admin_user, organization):
 def _portal_ids(client, query):
     response = client.get("/audit/", query)
     assert response.status_code == 200
-    return {event.pk for event in response.context["page"]}
+    return {event.pk for event in response.context["page_obj"]}
 
 
 def _api_ids(client, query):

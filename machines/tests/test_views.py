@@ -223,7 +223,7 @@ def test_host_list_query_count_is_constant(operator_client):
     _hosts_with_gpus(3)
     with CaptureQueriesContext(connection) as large:
         response = operator_client.get(url)
-    assert len(response.context["page"]) == 6
+    assert len(response.context["page_obj"]) == 6
     assert len(large) == len(small), [q["sql"] for q in large.captured_queries]
 
 
@@ -244,7 +244,7 @@ def test_host_list_columns_and_filters(operator_client):
     url = reverse("machines:host_list")
 
     response = operator_client.get(url)
-    rows = {host.name: host for host in response.context["page"]}
+    rows = {host.name: host for host in response.context["page_obj"]}
     assert set(rows) == {"alpha", "beta", "gamma"}
     assert rows["alpha"].gpu_count == 2
     assert rows["alpha"].gpu_models == ["NVIDIA A100-SXM4-80GB"]
@@ -256,7 +256,7 @@ def test_host_list_columns_and_filters(operator_client):
     assert "50 %" in html
 
     def names(**query):
-        return sorted(h.name for h in operator_client.get(url, query).context["page"])
+        return sorted(h.name for h in operator_client.get(url, query).context["page_obj"])
 
     assert names(status="maintenance") == ["beta"]
     assert names(region="sh-a") == ["alpha"]
@@ -265,14 +265,14 @@ def test_host_list_columns_and_filters(operator_client):
     assert names(status="offline", q="alpha") == []
     bad = operator_client.get(url, {"status": "bogus"})
     assert bad.status_code == 200
-    assert bad.context["filter"].form.errors["status"]
+    assert bad.context["filterset"].form.errors["status"]
 
 
 def test_host_list_paginates(operator_client):
     HostFactory.create_batch(51)
     url = reverse("machines:host_list")
-    assert len(operator_client.get(url).context["page"]) == 50
-    assert len(operator_client.get(url, {"page": 2}).context["page"]) == 1
+    assert len(operator_client.get(url).context["page_obj"]) == 50
+    assert len(operator_client.get(url, {"page": 2}).context["page_obj"]) == 1
 
 
 # Host page ---------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from django.urls import path
 from ..views import onboarding as views
 
 urlpatterns = [
-    path("", views.onboarding_list, name="onboarding_list"),
-    path("<int:pk>/", views.onboarding_detail, name="onboarding_detail"),
+    path("", views.OnboardingListView.as_view(), name="onboarding_list"),
+    path("<int:pk>/", views.OnboardingDetailView.as_view(), name="onboarding_detail"),
     path("<int:pk>/progress/", views.onboarding_progress, name="onboarding_progress"),
-    path("<int:pk>/confirm/", views.onboarding_confirm, name="onboarding_confirm"),
-    path("<int:pk>/cancel/", views.onboarding_cancel, name="onboarding_cancel"),
+    path("<int:pk>/confirm/", views.OnboardingConfirmView.as_view(), name="onboarding_confirm"),
+    path("<int:pk>/cancel/", views.OnboardingCancelView.as_view(), name="onboarding_cancel"),
 ]

@@ -2,56 +2,60 @@
 
 from __future__ import annotations
 
-from django.contrib import messages
-from django.shortcuts import get_object_or_404, redirect, render
+from functools import cached_property
+
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_POST
+from django.utils.translation import gettext_lazy
 
-from remotegpu.core.errors import ApplicationError
-from remotegpu.core.forms import style_widgets
-from remotegpu.core.portal import apply_error_to_form, service_messages
+from remotegpu.core.pages import (
+    ScopedDetailView,
+    ScopedListView,
+    ServiceActionView,
+    ServiceFormView,
+)
 
 from .. import selectors
 from ..filters import AlertFilter
 from ..forms.alerts import AlertRuleForm
-from ..models import Alert, AlertRule
+from ..models import AlertRule
 from ..services import alerts as alert_services
-from .base import operator_required, paginate
+from .base import operator_required
 
 
-def _back(request, default: str) -> str:
-    """Where a form posted from a list returns to: its ``next`` when it is ours."""
-    target = request.POST.get("next", "")
-    if url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-    ):
-        return target
-    return default
+class AlertPageMixin:
+    operator_only = True
+
+    def scoped_queryset(self):
+        return selectors.alert_list()
 
 
-@operator_required
-def alert_list(request):
-    alert_filter = AlertFilter(request.GET or None, queryset=selectors.alert_list())
-    style_widgets(alert_filter.form)
-    page = paginate(request, alert_filter.qs)
-    return render(request, "machines/alert_list.html", {"filter": alert_filter, "page": page})
+class AlertListView(AlertPageMixin, ScopedListView):
+    template_name = "machines/alert_list.html"
+    filterset_class = AlertFilter
 
 
-@operator_required
-def alert_detail(request, pk):
-    alert = get_object_or_404(selectors.alert_list(), pk=pk)
-    return render(request, "machines/alert_detail.html", {"alert": alert})
+class AlertDetailView(AlertPageMixin, ScopedDetailView):
+    template_name = "machines/alert_detail.html"
+    context_object_name = "alert"
 
 
-@operator_required
-@require_POST
-def alert_acknowledge(request, pk):
-    alert = get_object_or_404(Alert, pk=pk)
-    with service_messages(request):
-        alert_services.alert_acknowledge(operator=request.user, alert=alert)
-        messages.success(request, _("Alert acknowledged."))
-    return redirect(_back(request, alert_services.alert_url(alert)))
+class AlertAcknowledgeView(AlertPageMixin, ServiceActionView):
+    success_message = gettext_lazy("Alert acknowledged.")
+
+    def perform(self, obj):
+        return alert_services.alert_acknowledge(operator=self.request.user, alert=obj)
+
+    def get_success_url(self, obj):
+        """Back to the list the form was posted from (its ``next``) when that is ours."""
+        target = self.request.POST.get("next", "")
+        if url_has_allowed_host_and_scheme(
+            target, allowed_hosts={self.request.get_host()}, require_https=self.request.is_secure()
+        ):
+            return target
+        return alert_services.alert_url(obj)
 
 
 @operator_required
@@ -59,55 +63,57 @@ def alert_rule_list(request):
     return render(request, "machines/alert_rule_list.html", {"rules": selectors.alert_rule_list()})
 
 
-def _rule_form_page(request, form, rule=None):
-    return render(request, "machines/alert_rule_form.html", {"form": form, "rule": rule})
+class AlertRuleCreateView(ServiceFormView):
+    operator_only = True
+    template_name = "machines/alert_rule_form.html"
+    form_class = AlertRuleForm
+    success_url = reverse_lazy("machines:alert_rule_list")
+
+    def perform(self, form):
+        return alert_services.alert_rule_create(operator=self.request.user, **form.cleaned_data)
+
+    def get_success_message(self, cleaned_data):
+        return _("Alert rule %(name)s created.") % {"name": self.result.name}
 
 
-@operator_required
-def alert_rule_create(request):
-    form = AlertRuleForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            rule = alert_services.alert_rule_create(operator=request.user, **form.cleaned_data)
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(request, _("Alert rule %(name)s created.") % {"name": rule.name})
-            return redirect("machines:alert_rule_list")
-    return _rule_form_page(request, form)
+class AlertRuleEditView(AlertRuleCreateView):
+    @cached_property
+    def rule(self) -> AlertRule:
+        return get_object_or_404(AlertRule, pk=self.kwargs["pk"])
 
+    def get_initial(self):
+        initial = {field: getattr(self.rule, field) for field in alert_services.RULE_FIELDS}
+        initial.pop("webhook_secret")
+        return initial
 
-@operator_required
-def alert_rule_edit(request, pk):
-    rule = get_object_or_404(AlertRule, pk=pk)
-    initial = {field: getattr(rule, field) for field in alert_services.RULE_FIELDS}
-    initial.pop("webhook_secret")
-    form = AlertRuleForm(request.POST or None, initial=initial)
-    if request.method == "POST" and form.is_valid():
-        try:
-            rule = alert_services.alert_rule_update(
-                operator=request.user, rule=rule, **form.cleaned_data
-            )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(request, _("Alert rule %(name)s saved.") % {"name": rule.name})
-            return redirect("machines:alert_rule_list")
-    return _rule_form_page(request, form, rule)
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs), "rule": self.rule}
 
-
-@operator_required
-@require_POST
-def alert_rule_enabled(request, pk):
-    rule = get_object_or_404(AlertRule, pk=pk)
-    enabled = request.POST.get("enabled") == "1"
-    with service_messages(request):
-        rule = alert_services.alert_rule_set_enabled(
-            operator=request.user, rule=rule, enabled=enabled
+    def perform(self, form):
+        return alert_services.alert_rule_update(
+            operator=self.request.user, rule=self.rule, **form.cleaned_data
         )
-        if enabled:
+
+    def get_success_message(self, cleaned_data):
+        return _("Alert rule %(name)s saved.") % {"name": self.result.name}
+
+
+class AlertRuleEnabledView(ServiceActionView):
+    operator_only = True
+    success_url = reverse_lazy("machines:alert_rule_list")
+
+    def scoped_queryset(self):
+        return AlertRule.objects.all()
+
+    def perform(self, obj):
+        enabled = self.request.POST.get("enabled") == "1"
+        return alert_services.alert_rule_set_enabled(
+            operator=self.request.user, rule=obj, enabled=enabled
+        )
+
+    def get_success_message(self, obj):
+        if self.result.enabled:
             text = _("Alert rule %(name)s enabled.")
         else:
             text = _("Alert rule %(name)s disabled; its open alerts were closed.")
-        messages.success(request, text % {"name": rule.name})
-    return redirect("machines:alert_rule_list")
+        return text % {"name": self.result.name}

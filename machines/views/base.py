@@ -1,4 +1,5 @@
-"""What every operator page shares: the staff-only guard and the page size."""
+"""The staff-only guard and the pagination of the operator pages that stay functions; the
+others are ``remotegpu.core.pages`` classes with ``operator_only = True``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404
 
-PAGE_SIZE = 50
+from remotegpu.core.pages import PAGE_SIZE
 
 
 def operator_required(view):

@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 
 from django.contrib import messages
-from django.http import Http404, HttpResponse
-from django.shortcuts import redirect, render
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
 
-from remotegpu.core.errors import ApplicationError
-from remotegpu.core.forms import style_widgets
-from remotegpu.core.portal import apply_error_to_form, service_messages
+from remotegpu.core.errors import ApplicationError, ValidationError
+from remotegpu.core.pages import ScopedDetailView, ScopedListView, ServiceActionView
+from remotegpu.core.portal import apply_error_to_form
 
 from .. import selectors
 from ..choices import CommandKind, HostStatus
@@ -27,7 +27,7 @@ from ..services import commands as command_services
 from ..services import hosts as host_services
 from ..services import imports as import_services
 from ..services import join as join_services
-from .base import operator_required, paginate
+from .base import operator_required
 
 RECENT_COMMANDS = 10
 METRIC_RANGES = list(selectors.METRIC_RANGES)
@@ -75,24 +75,24 @@ def fleet_overview(request):
 # Hosts -------------------------------------------------------------------------------------
 
 
-@operator_required
-def host_list(request):
-    # Paginate the bare hosts (cheap even far into 10,000 of them), then annotate only the
-    # page's rows: PostgreSQL would otherwise compute every skipped row's GPU figures.
-    host_filter = HostFilter(request.GET or None, queryset=selectors.host_list_base())
-    style_widgets(host_filter.form)
-    page = paginate(request, host_filter.qs.only("pk"))
-    page.object_list = list(
-        selectors.host_list_with_figures().filter(pk__in=[host.pk for host in page.object_list])
-    )
-    return render(request, "machines/host_list.html", {"filter": host_filter, "page": page})
+class HostListView(ScopedListView):
+    operator_only = True
+    template_name = "machines/host_list.html"
+    filterset_class = HostFilter
 
+    def scoped_queryset(self):
+        return selectors.host_list_base()
 
-def _host(pk) -> Host:
-    host = selectors.host_list().filter(pk=pk).first()
-    if host is None:
-        raise Http404
-    return host
+    def paginate_queryset(self, queryset, page_size):
+        # Paginate the bare hosts (cheap even far into 10,000 of them), then annotate only the
+        # page's rows: PostgreSQL would otherwise compute every skipped row's GPU figures.
+        paginator, page, rows, is_paginated = super().paginate_queryset(
+            queryset.only("pk"), page_size
+        )
+        page.object_list = list(
+            selectors.host_list_with_figures().filter(pk__in=[host.pk for host in rows])
+        )
+        return paginator, page, page.object_list, is_paginated
 
 
 def _status_actions(host: Host) -> list[tuple[str, str, str]]:
@@ -112,115 +112,122 @@ def _status_actions(host: Host) -> list[tuple[str, str, str]]:
     return actions
 
 
-def _render_host(request, host: Host, *, labels_form=None):
-    commands = list(selectors.command_list().filter(host=host)[:RECENT_COMMANDS])
-    for command in commands:
-        command.result_text = (
-            json.dumps(command.result, indent=2, sort_keys=True) if command.result else ""
-        )
-    context = {
-        "host": host,
-        "gpus": selectors.gpu_list().filter(host=host),
-        "credentials": selectors.host_credential_list(host),
-        "commands": commands,
-        "command_kinds": CommandKind.choices,
-        "status_actions": _status_actions(host),
-        "labels_form": labels_form or HostLabelsForm(initial={"labels": host.labels_text}),
-        "metrics_url": reverse("api:host-metrics", args=[host.pk]),
-        "metric_ranges": METRIC_RANGES,
-        "chart_refresh_seconds": _chart_refresh_seconds(request, host.effective_heartbeat_interval),
-    }
-    return render(request, "machines/host_detail.html", context)
+class HostPageMixin:
+    operator_only = True
+
+    def scoped_queryset(self):
+        return selectors.host_list()
 
 
-@operator_required
-def host_detail(request, pk):
-    return _render_host(request, _host(pk))
+class HostDetailView(HostPageMixin, ScopedDetailView):
+    template_name = "machines/host_detail.html"
+    context_object_name = "host"
 
-
-@operator_required
-@require_POST
-def host_labels(request, pk):
-    host = _host(pk)
-    form = HostLabelsForm(request.POST)
-    if form.is_valid():
-        try:
-            host_services.host_set_labels(
-                operator=request.user, host=host, labels=form.cleaned_data["labels"]
+    def get_context_data(self, **kwargs):
+        host = self.object
+        commands = list(selectors.command_list().filter(host=host)[:RECENT_COMMANDS])
+        for command in commands:
+            command.result_text = (
+                json.dumps(command.result, indent=2, sort_keys=True) if command.result else ""
             )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(request, _("Labels saved."))
-            return redirect("machines:host_detail", pk=host.pk)
-    return _render_host(request, host, labels_form=form)
+        kwargs.setdefault("labels_form", HostLabelsForm(initial={"labels": host.labels_text}))
+        return {
+            **super().get_context_data(**kwargs),
+            "gpus": selectors.gpu_list().filter(host=host),
+            "credentials": selectors.host_credential_list(host),
+            "commands": commands,
+            "command_kinds": CommandKind.choices,
+            "status_actions": _status_actions(host),
+            "metrics_url": reverse("api:host-metrics", args=[host.pk]),
+            "metric_ranges": METRIC_RANGES,
+            "chart_refresh_seconds": _chart_refresh_seconds(
+                self.request, host.effective_heartbeat_interval
+            ),
+        }
 
 
-@operator_required
-@require_POST
-def host_status(request, pk):
-    host = _host(pk)
-    form = HostStatusForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, _("Choose a status operators can set."))
-        return redirect("machines:host_detail", pk=host.pk)
-    with service_messages(request):
-        host = host_services.host_set_status(
-            operator=request.user,
-            host=host,
+class HostLabelsView(HostDetailView):
+    """The labels form of the host's page: refused labels show that page again, with errors."""
+
+    http_method_names = ["post"]
+
+    def post(self, request, *args, **kwargs):
+        self.object = host = self.get_object()
+        form = HostLabelsForm(request.POST)
+        if form.is_valid():
+            try:
+                host_services.host_set_labels(
+                    operator=request.user, host=host, labels=form.cleaned_data["labels"]
+                )
+            except ApplicationError as error:
+                apply_error_to_form(form, error)
+            else:
+                messages.success(request, _("Labels saved."))
+                return redirect("machines:host_detail", pk=host.pk)
+        return self.render_to_response(self.get_context_data(labels_form=form))
+
+
+class HostActionView(HostPageMixin, ServiceActionView):
+    """A button of the host's page: it acts, then shows that page again."""
+
+    def get_success_url(self, obj):
+        return reverse("machines:host_detail", args=[obj.pk])
+
+
+class HostStatusView(HostActionView):
+    def perform(self, obj):
+        form = HostStatusForm(self.request.POST)
+        if not form.is_valid():
+            raise ValidationError(_("Choose a status operators can set."))
+        return host_services.host_set_status(
+            operator=self.request.user,
+            host=obj,
             status=form.cleaned_data["status"],
             reason=form.cleaned_data["reason"],
         )
-        messages.success(
-            request,
-            _("Host %(name)s is now %(status)s.")
-            % {"name": host.name, "status": host.get_status_display()},
-        )
-    return redirect("machines:host_detail", pk=host.pk)
+
+    def get_success_message(self, obj):
+        host = self.result
+        return _("Host %(name)s is now %(status)s.") % {
+            "name": host.name,
+            "status": host.get_status_display(),
+        }
 
 
-@operator_required
-@require_POST
-def host_command(request, pk):
-    host = _host(pk)
-    form = HostCommandForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, _("Unknown command."))
-        return redirect("machines:host_detail", pk=host.pk)
-    with service_messages(request):
-        command = command_services.command_create(
-            host=host, kind=form.cleaned_data["kind"], requested_by=request.user
+class HostCommandView(HostActionView):
+    def perform(self, obj):
+        form = HostCommandForm(self.request.POST)
+        if not form.is_valid():
+            raise ValidationError(_("Unknown command."))
+        return command_services.command_create(
+            host=obj, kind=form.cleaned_data["kind"], requested_by=self.request.user
         )
-        if host.connected:
+
+    def get_success_message(self, obj):
+        if obj.connected:
             text = _("%(command)s sent to %(name)s.")
         else:
             text = _("%(command)s queued: %(name)s receives it when its agent connects.")
-        messages.success(request, text % {"command": command.get_kind_display(), "name": host})
-    return redirect("machines:host_detail", pk=host.pk)
+        return text % {"command": self.result.get_kind_display(), "name": obj}
 
 
-@operator_required
-@require_POST
-def host_credential_revoke(request, pk):
-    host = _host(pk)
-    with service_messages(request):
-        count = join_services.credential_revoke(operator=request.user, host=host)
-        messages.success(
-            request,
-            ngettext(
-                "%(count)d credential revoked; the agent of %(name)s was disconnected.",
-                "%(count)d credentials revoked; the agent of %(name)s was disconnected.",
-                count,
-            )
-            % {"count": count, "name": host.name},
-        )
-    return redirect("machines:host_detail", pk=host.pk)
+class HostCredentialRevokeView(HostActionView):
+    def perform(self, obj):
+        return join_services.credential_revoke(operator=self.request.user, host=obj)
+
+    def get_success_message(self, obj):
+        return ngettext(
+            "%(count)d credential revoked; the agent of %(name)s was disconnected.",
+            "%(count)d credentials revoked; the agent of %(name)s was disconnected.",
+            self.result,
+        ) % {"count": self.result, "name": obj.name}
 
 
 @operator_required
 @require_POST
 def host_credential_rotate(request, pk):
-    host = _host(pk)
+    """A POST answered with a page, not a redirect: the new credential is shown this once."""
+    host = get_object_or_404(selectors.host_list(), pk=pk)
     try:
         credential = join_services.credential_rotate(operator=request.user, host=host)
     except ApplicationError as error:

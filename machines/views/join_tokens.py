@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.contrib import messages
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import render
+from django.urls import reverse_lazy
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_POST
 
 from remotegpu.core.errors import ApplicationError
-from remotegpu.core.portal import apply_error_to_form, service_messages
+from remotegpu.core.pages import ServiceActionView
+from remotegpu.core.portal import apply_error_to_form
 
 from .. import selectors
 from ..forms.join_tokens import JoinTokenForm
@@ -23,6 +23,8 @@ from .base import operator_required, paginate
 
 @operator_required
 def join_token_list(request):
+    """The tokens and the form to mint one; a minted token's page, answered to the POST itself,
+    is the only place its secret is ever shown."""
     form = JoinTokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -58,11 +60,15 @@ def join_token_list(request):
     )
 
 
-@operator_required
-@require_POST
-def join_token_revoke(request, pk):
-    join_token = get_object_or_404(JoinToken, pk=pk)
-    with service_messages(request):
-        join_services.join_token_revoke(operator=request.user, join_token=join_token)
-        messages.success(request, _("Join token %(name)s revoked.") % {"name": join_token.name})
-    return redirect("machines:join_token_list")
+class JoinTokenRevokeView(ServiceActionView):
+    operator_only = True
+    success_url = reverse_lazy("machines:join_token_list")
+
+    def scoped_queryset(self):
+        return JoinToken.objects.all()
+
+    def perform(self, obj):
+        join_services.join_token_revoke(operator=self.request.user, join_token=obj)
+
+    def get_success_message(self, obj):
+        return _("Join token %(name)s revoked.") % {"name": obj.name}

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import get_object_or_404, redirect
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_POST, require_safe
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_safe
 
 from remotegpu.core.errors import ApplicationError, NotFound
-from remotegpu.core.portal import apply_error_to_form, service_messages
+from remotegpu.core.pages import ScopedDetailView, ServiceActionView, ServiceFormView
+from remotegpu.core.portal import apply_error_to_form
 
 from ..choices import OnboardingStatus
 from ..forms.onboarding import OnboardingConfirmForm, OnboardingForm
@@ -25,10 +28,6 @@ from .base import operator_required, paginate
 LIVE_STATES = frozenset(
     {OnboardingStatus.PENDING, OnboardingStatus.AWAITING_CONFIRMATION, OnboardingStatus.RUNNING}
 )
-
-
-def _job(pk) -> OnboardingJob:
-    return get_object_or_404(onboarding_services.onboarding_job_list(), pk=pk)
 
 
 def progress_context(job: OnboardingJob) -> dict:
@@ -57,53 +56,89 @@ def render_progress(job: OnboardingJob) -> str:
     return render_to_string("machines/partials/onboarding_progress.html", progress_context(job))
 
 
-@operator_required
-def onboarding_list(request):
-    form = OnboardingForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data
-        try:
-            job = onboarding_services.onboarding_create(
-                operator=request.user,
-                name=data["name"],
-                address=data["address"],
-                port=data["port"],
-                username=data["username"],
-                password=data["password"],
-                private_key=data["private_key"],
-                passphrase=data["passphrase"],
-                region=data["region"],
-                labels=data["labels"],
-            )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(
-                request, _("Reading the host key of %(address)s…") % {"address": job.address}
-            )
-            return redirect("machines:onboarding_detail", pk=job.pk)
-    page = paginate(request, onboarding_services.onboarding_job_list())
-    return render(request, "machines/onboarding_list.html", {"form": form, "page": page})
+class OnboardingListView(ServiceFormView):
+    """The jobs, and the form that starts one (the job's page then shows the host key)."""
 
+    operator_only = True
+    template_name = "machines/onboarding_list.html"
+    form_class = OnboardingForm
+    success_message = gettext_lazy("Reading the host key of %(address)s…")
 
-def _render_detail(request, job: OnboardingJob, confirm_form=None, status=200):
-    if confirm_form is None and job.status == OnboardingStatus.AWAITING_CONFIRMATION:
-        confirm_form = OnboardingConfirmForm(
-            initial={"fingerprint": job.host_key_fingerprint, "server_url": server_url(request)}
+    def get_context_data(self, **kwargs):
+        page = paginate(self.request, onboarding_services.onboarding_job_list())
+        return {**super().get_context_data(**kwargs), "page": page}
+
+    def perform(self, form):
+        return onboarding_services.onboarding_create(
+            operator=self.request.user, **form.cleaned_data
         )
-    context = {**progress_context(job), "confirm_form": confirm_form}
-    return render(request, "machines/onboarding_detail.html", context, status=status)
+
+    def get_success_url(self):
+        return reverse("machines:onboarding_detail", args=[self.result.pk])
 
 
-@operator_required
-def onboarding_detail(request, pk):
-    return _render_detail(request, _job(pk))
+class OnboardingPageMixin:
+    operator_only = True
+
+    def scoped_queryset(self):
+        return onboarding_services.onboarding_job_list()
+
+
+class OnboardingDetailView(OnboardingPageMixin, ScopedDetailView):
+    template_name = "machines/onboarding_detail.html"
+    context_object_name = "job"
+
+    def get_context_data(self, confirm_form=None, **kwargs):
+        job = self.object
+        if confirm_form is None and job.status == OnboardingStatus.AWAITING_CONFIRMATION:
+            confirm_form = OnboardingConfirmForm(
+                initial={
+                    "fingerprint": job.host_key_fingerprint,
+                    "server_url": server_url(self.request),
+                }
+            )
+        return {
+            **super().get_context_data(**kwargs),
+            **progress_context(job),
+            "confirm_form": confirm_form,
+        }
+
+
+class OnboardingConfirmView(OnboardingDetailView):
+    """The operator's yes to the host key shown. A refusal shows the page again (400) while
+    there is still something to confirm, else says why on the page it sends back to."""
+
+    http_method_names = ["post"]
+
+    def post(self, request, *args, **kwargs):
+        self.object = job = self.get_object()
+        form = OnboardingConfirmForm(request.POST)
+        if form.is_valid():
+            try:
+                onboarding_services.onboarding_confirm(
+                    operator=request.user,
+                    job=job,
+                    fingerprint=form.cleaned_data["fingerprint"],
+                    server_url=form.cleaned_data["server_url"],
+                )
+            except ApplicationError as error:
+                apply_error_to_form(form, error)
+            else:
+                messages.success(
+                    request, _("Host key confirmed: onboarding %(name)s.") % {"name": job.name}
+                )
+                return redirect("machines:onboarding_detail", pk=job.pk)
+        job.refresh_from_db()
+        if job.status != OnboardingStatus.AWAITING_CONFIRMATION:
+            messages.error(request, " ".join(form.non_field_errors()) or _("Nothing to confirm."))
+            return redirect("machines:onboarding_detail", pk=job.pk)
+        return self.render_to_response(self.get_context_data(confirm_form=form), status=400)
 
 
 @operator_required
 def onboarding_progress(request, pk):
     """The live part alone, for pages that poll; a page rendered for another status reloads."""
-    job = _job(pk)
+    job = get_object_or_404(onboarding_services.onboarding_job_list(), pk=pk)
     shown = request.GET.get("status")
     if shown and shown != job.status:
         response = HttpResponse(status=204)
@@ -112,41 +147,14 @@ def onboarding_progress(request, pk):
     return HttpResponse(render_progress(job))
 
 
-@operator_required
-@require_POST
-def onboarding_confirm(request, pk):
-    job = _job(pk)
-    form = OnboardingConfirmForm(request.POST)
-    if form.is_valid():
-        try:
-            onboarding_services.onboarding_confirm(
-                operator=request.user,
-                job=job,
-                fingerprint=form.cleaned_data["fingerprint"],
-                server_url=form.cleaned_data["server_url"],
-            )
-        except ApplicationError as error:
-            apply_error_to_form(form, error)
-        else:
-            messages.success(
-                request, _("Host key confirmed: onboarding %(name)s.") % {"name": job.name}
-            )
-            return redirect("machines:onboarding_detail", pk=job.pk)
-    job.refresh_from_db()
-    if job.status != OnboardingStatus.AWAITING_CONFIRMATION:
-        messages.error(request, " ".join(form.non_field_errors()) or _("Nothing to confirm."))
-        return redirect("machines:onboarding_detail", pk=job.pk)
-    return _render_detail(request, job, confirm_form=form, status=400)
+class OnboardingCancelView(OnboardingPageMixin, ServiceActionView):
+    success_message = gettext_lazy("Onboarding cancelled; its secret was wiped.")
 
+    def perform(self, obj):
+        return onboarding_services.onboarding_cancel(operator=self.request.user, job=obj)
 
-@operator_required
-@require_POST
-def onboarding_cancel(request, pk):
-    job = _job(pk)
-    with service_messages(request):
-        onboarding_services.onboarding_cancel(operator=request.user, job=job)
-        messages.success(request, _("Onboarding cancelled; its secret was wiped."))
-    return redirect("machines:onboarding_detail", pk=job.pk)
+    def get_success_url(self, obj):
+        return reverse("machines:onboarding_detail", args=[obj.pk])
 
 
 @require_safe

@@ -16,6 +16,7 @@ from django.views import View
 from django.views.generic import DetailView, FormView, ListView
 
 from .errors import ApplicationError
+from .forms import style_widgets
 from .portal import apply_error_to_form
 
 PAGE_SIZE = 50
@@ -37,8 +38,9 @@ class PortalPageMixin(LoginRequiredMixin):
 
 
 class ScopedListView(PortalPageMixin, ListView):
-    """A list page: ``scoped_queryset()`` filtered by ``filterset_class``, paginated; an htmx
-    request gets ``partial_template_name`` (the table alone) when one is set."""
+    """A list page: ``scoped_queryset()`` filtered by ``filterset_class`` (its form styled as
+    every form is), paginated into ``page_obj``; an htmx request gets ``partial_template_name``
+    (the table alone) when one is set."""
 
     paginate_by = PAGE_SIZE
     filterset_class = None
@@ -51,8 +53,18 @@ class ScopedListView(PortalPageMixin, ListView):
             self.filterset = self.filterset_class(
                 self.request.GET or None, queryset=queryset, request=self.request
             )
+            style_widgets(self.filterset.form)
             queryset = self.filterset.qs
         return queryset
+
+    def paginate_queryset(self, queryset, page_size):
+        # A stale or mistyped ?page= (rows deleted since the link was made) shows the nearest
+        # page, not a 404.
+        paginator = self.get_paginator(
+            queryset, page_size, self.get_paginate_orphans(), self.get_allow_empty()
+        )
+        page = paginator.get_page(self.request.GET.get(self.page_kwarg))
+        return paginator, page, page.object_list, page.has_other_pages()
 
     def get_template_names(self):
         if self.partial_template_name and getattr(self.request, "htmx", False):
@@ -77,12 +89,17 @@ class ScopedDetailView(PortalPageMixin, DetailView):
 
 class ServiceFormView(PortalPageMixin, FormView):
     """A form whose ``perform(form)`` calls a service: the service's errors land on the form,
-    field by field, and nothing is half done."""
+    field by field, and nothing is half done. What ``perform`` returns is ``self.result``, for
+    ``get_success_url`` and ``get_success_message``; as with Django's ``SuccessMessageMixin``,
+    ``success_message`` may name the form's fields (``%(email)s``)."""
 
     success_message = ""
 
     def perform(self, form):
         raise NotImplementedError
+
+    def get_success_message(self, cleaned_data) -> str:
+        return self.success_message % cleaned_data
 
     def form_valid(self, form):
         try:
@@ -90,31 +107,41 @@ class ServiceFormView(PortalPageMixin, FormView):
         except ApplicationError as error:
             apply_error_to_form(form, error)
             return self.form_invalid(form)
-        if self.success_message:
-            messages.success(self.request, self.success_message)
+        message = self.get_success_message(form.cleaned_data)
+        if message:
+            messages.success(self.request, message)
         return HttpResponseRedirect(self.get_success_url())
 
 
 class ServiceActionView(PortalPageMixin, View):
     """A POST that acts on one object of ``scoped_queryset()`` through ``perform(obj)``; the
-    service's refusal becomes a message, and the browser goes back to ``get_success_url``."""
+    service's refusal becomes a message, and the browser goes back to ``get_success_url``:
+    ``success_url`` when set (a list), else the object's own page. What ``perform`` returns is
+    ``self.result``, for a ``get_success_message`` that names what was done."""
 
     http_method_names = ["post"]
     success_message = ""
+    success_url: str | None = None
 
     def perform(self, obj):
         raise NotImplementedError
 
+    def get_success_message(self, obj) -> str:
+        return self.success_message
+
     def get_success_url(self, obj) -> str:
+        if self.success_url:
+            return str(self.success_url)
         return obj.get_absolute_url()
 
     def post(self, request, *args, **kwargs):
         obj = get_object_or_404(self.scoped_queryset(), pk=kwargs["pk"])
         try:
-            self.perform(obj)
+            self.result = self.perform(obj)
         except ApplicationError as error:
             messages.error(request, str(error.message))
         else:
-            if self.success_message:
-                messages.success(request, self.success_message)
+            message = self.get_success_message(obj)
+            if message:
+                messages.success(request, message)
         return HttpResponseRedirect(self.get_success_url(obj))
