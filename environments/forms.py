@@ -98,7 +98,7 @@ class EnvironmentCreateForm(forms.Form):
         required=False,
         min_value=10,
         max_value=MAX_IDLE_MINUTES,
-        help_text=gettext_lazy("Under 5 % utilisation with no session open; empty: never."),
+        help_text=gettext_lazy("Its GPUs under five per cent busy, no session open; empty: never."),
     )
 
     def __init__(self, *args, user: User, organization: Organization, **kwargs):
