@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
-from django.db.models import Max, Q
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -26,12 +26,11 @@ from accounts.choices import AuditAction, NotificationLevel
 from accounts.models import User
 from accounts.services.audit import audit_record
 from accounts.services.notifications import notification_create
-from machines.models import GPUSample
 from remotegpu.core.errors import ApplicationError, Conflict, ValidationError
 
 from ..choices import EnvironmentStatus as S
 from ..choices import StatusReason
-from ..models import Environment, GPUAssignment
+from ..models import Environment
 
 logger = logging.getLogger(__name__)
 
@@ -138,29 +137,59 @@ def environment_activity_source(function: Callable[[Environment], datetime | Non
     return function
 
 
-def idle_deadline(environment: Environment, now: datetime) -> datetime | None:
+# Per environment, over its GPUs' raw samples since its run started: the latest sample, and the
+# latest at or above its idle threshold. One statement for every environment asked about (the
+# unique (gpu, time) index serves the join), not two queries each.
+_IDLE_FIGURES_SQL = """
+SELECT a.environment_id,
+       max(s.time) AS last_sample,
+       max(s.time) FILTER (WHERE s.utilization >= e.idle_gpu_percent) AS last_busy
+FROM environments_gpuassignment a
+JOIN environments_environment e ON e.id = a.environment_id
+JOIN machines_gpusample s ON s.gpu_id = a.gpu_id AND s.time >= e.started_at
+WHERE a.released_at IS NULL AND a.environment_id = ANY(%s)
+GROUP BY a.environment_id
+"""
+
+
+@dataclass
+class IdleFigures:
+    last_sample: datetime | None
+    last_busy: datetime | None
+
+
+def idle_figures(environment_ids: list[int]) -> dict[int, IdleFigures]:
+    """The GPU figures idle detection needs, for each of ``environment_ids`` with any."""
+    if not environment_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_IDLE_FIGURES_SQL, [list(environment_ids)])
+        return {row[0]: IdleFigures(row[1], row[2]) for row in cursor.fetchall()}
+
+
+def _may_be_idle_soon(environment: Environment, now: datetime) -> bool:
+    """Idle stop on, and running long enough that its deadline could be within the warning."""
+    if not environment.idle_stop_minutes or environment.started_at is None:
+        return False
+    earliest = environment.started_at + timedelta(minutes=environment.idle_stop_minutes)
+    return earliest - WARNING_BEFORE <= now
+
+
+def idle_deadline(
+    environment: Environment, now: datetime, figures: IdleFigures | None = None
+) -> datetime | None:
     """When this run stops for idleness if nothing changes; None when idle stop is off, the
-    environment has no GPUs, or its GPUs' figures are not fresh (nobody can tell)."""
+    environment has no GPUs, or its GPUs' figures are not fresh (nobody can tell).
+    ``figures``: from ``idle_figures`` (read here when not given)."""
     if not environment.idle_stop_minutes or environment.started_at is None:
         return None
-    gpu_ids = list(
-        GPUAssignment.objects.filter(environment=environment, released_at__isnull=True).values_list(
-            "gpu_id", flat=True
-        )
-    )
-    if not gpu_ids:
-        return None
-    figures = GPUSample.objects.filter(
-        gpu_id__in=gpu_ids, time__gte=environment.started_at
-    ).aggregate(
-        last=Max("time"),
-        busy=Max("time", filter=Q(utilization__gte=environment.idle_gpu_percent)),
-    )
-    if figures["last"] is None or figures["last"] < now - FIGURES_FRESH:
+    if figures is None:
+        figures = idle_figures([environment.pk]).get(environment.pk)
+    if figures is None or figures.last_sample is None or figures.last_sample < now - FIGURES_FRESH:
         return None
     activity = [source(environment) for source in _activity_sources]
     idle_since = max(
-        moment for moment in (environment.started_at, figures["busy"], *activity) if moment
+        moment for moment in (environment.started_at, figures.last_busy, *activity) if moment
     )
     return idle_since + timedelta(minutes=environment.idle_stop_minutes)
 
@@ -171,12 +200,14 @@ class Deadline:
     reason: str
 
 
-def auto_stop_deadline(environment: Environment, now: datetime) -> Deadline | None:
+def auto_stop_deadline(
+    environment: Environment, now: datetime, figures: IdleFigures | None = None
+) -> Deadline | None:
     """The earliest of this run's scheduled and idle deadlines, with its reason."""
     deadlines = []
     if environment.auto_stop_at is not None:
         deadlines.append(Deadline(environment.auto_stop_at, StatusReason.SCHEDULED))
-    idle = idle_deadline(environment, now)
+    idle = idle_deadline(environment, now, figures) if figures is not None else None
     if idle is not None:
         deadlines.append(Deadline(idle, StatusReason.IDLE))
     return min(deadlines, key=lambda deadline: deadline.at, default=None)
@@ -265,17 +296,18 @@ def environment_auto_stop_sweep(now: datetime | None = None) -> dict[str, int]:
         )
         .select_related("organization", "created_by", "host")
     )
+    candidates = list(candidates)
+    figures = idle_figures(
+        [environment.pk for environment in candidates if _may_be_idle_soon(environment, now)]
+    )
     for environment in candidates:
-        deadline = auto_stop_deadline(environment, now)
-        if deadline is None:
+        deadline = auto_stop_deadline(environment, now, figures.get(environment.pk))
+        if deadline is None or deadline.at - now > WARNING_BEFORE:
             continue
         with transaction.atomic():
             if deadline.at <= now:
                 counts["stopped"] += _stop(environment, deadline, now)
-            elif (
-                deadline.at - now <= WARNING_BEFORE
-                and environment.auto_stop_warned_for != deadline.at
-            ):
+            elif environment.auto_stop_warned_for != deadline.at:
                 _warn(environment, deadline)
                 counts["warned"] += 1
     return counts

@@ -252,3 +252,37 @@ def test_idle_stop_needs_gpus_and_sane_values(customer, organization, image, hos
         with pytest.raises(ValidationError) as refused:
             environment_set_auto_stop(user=customer, environment=running, **{field: value})
         assert field in refused.value.fields
+
+
+def test_the_sweep_reads_idle_figures_in_one_query_however_many_environments(
+    customer, organization, spec, image
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from .factories import host_with_gpus
+
+    host_with_gpus(8)
+
+    def add(count: int, offset: int) -> timezone.datetime:
+        for n in range(count):
+            environment = environment_create(
+                user=customer,
+                organization=organization,
+                name=f"idle-{offset + n}",
+                spec=spec,
+                image=image,
+                idle_stop_minutes=30,
+            )
+            run_succeeds(environment)
+            environment.refresh_from_db()
+            _sample(environment, environment.started_at + timedelta(minutes=40), 90)
+        return environment.started_at + timedelta(minutes=41)
+
+    at = add(2, 0)
+    with CaptureQueriesContext(connection) as few:
+        assert environment_auto_stop_sweep(at) == {"warned": 0, "stopped": 0}
+    at = add(4, 2)
+    with CaptureQueriesContext(connection) as many:
+        assert environment_auto_stop_sweep(at) == {"warned": 0, "stopped": 0}
+    assert len(many) == len(few) == 2  # the candidates, then their GPU figures
