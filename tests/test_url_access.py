@@ -234,6 +234,7 @@ PK_OBJECTS = {
     "environment-logs": "environment",
     "environment-events": "environment",
     "environment-auto-stop": "environment",
+    "environment-connection": "environment",
     "environment_auto_stop": "environment",
     "environment_detail": "environment",
     "environment_start": "environment",

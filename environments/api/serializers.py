@@ -233,6 +233,25 @@ class EnvironmentStartSerializer(serializers.Serializer):
     )
 
 
+class PublishedPortSerializer(serializers.Serializer):
+    container_port = serializers.IntegerField()
+    host_port = serializers.IntegerField()
+    role = serializers.ChoiceField(choices=PortRole.choices)
+    role_label = serializers.CharField()
+    name = serializers.CharField()
+    address = serializers.CharField(help_text=_("host:port"))
+    url = serializers.CharField(help_text=_("For web roles (http, jupyter); empty otherwise."))
+
+
+class ConnectionSerializer(serializers.Serializer):
+    host = serializers.CharField(help_text=_("The host's address."))
+    reachable = serializers.BooleanField(help_text=_("It runs: the addresses answer."))
+    ports = PublishedPortSerializer(many=True)
+    jupyter_url = serializers.CharField(
+        help_text=_("JupyterLab with its token, when its image publishes a Jupyter port.")
+    )
+
+
 class EnvironmentEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = EnvironmentEvent

@@ -18,6 +18,7 @@ from ..choices import EnvironmentStatus
 from ..models import Environment, Image, RegistryCredential, Spec
 from ..services import autostop, lifecycle
 from ..services import images as image_services
+from ..services.connection import environment_connection
 from ..services.logs import environment_logs
 from . import serializers
 
@@ -205,6 +206,14 @@ class EnvironmentViewSet(
             raise ValidationError.for_field("tail", _("Give a number of lines from 1 to 10000."))
         lines = environment_logs(self.get_object(), tail=tail)
         return Response({"lines": lines})
+
+    @extend_schema(responses=serializers.ConnectionSerializer)
+    @action(detail=True, methods=["get"])
+    def connection(self, request, pk=None):
+        """How to reach it: published ports as addresses and URLs, and its JupyterLab URL."""
+        return Response(
+            serializers.ConnectionSerializer(environment_connection(self.get_object())).data
+        )
 
     @extend_schema(responses=serializers.EnvironmentEventSerializer(many=True))
     @action(detail=True, methods=["get"], pagination_class=None)

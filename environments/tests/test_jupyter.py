@@ -73,3 +73,33 @@ def test_the_api_and_the_page_show_the_url_to_the_team_only(
     stranger = MembershipFactory().user
     api.force_authenticate(stranger)
     assert api.get(reverse("api:environment-detail", args=[environment.pk])).status_code == 404
+
+
+def test_the_connection_lists_addresses_urls_and_jupyter(
+    customer, organization, spec, notebook_image, host
+):
+    from environments.services.connection import environment_connection
+
+    environment = _create(customer, organization, spec, notebook_image)
+    connection = environment_connection(environment)
+    assert connection.reachable is False  # provisioning: the addresses do not answer yet
+    run_succeeds(environment)
+    api = APIClient()
+    api.force_authenticate(customer)
+    response = api.get(reverse("api:environment-connection", args=[environment.pk]))
+    assert response.status_code == 200
+    data = response.json()
+    assert data["reachable"] is True
+    assert data["host"] == host.address
+    ports = {port["container_port"]: port for port in data["ports"]}
+    jupyter, ssh = ports[8888], ports[22]
+    assert jupyter["address"] == f"{host.address}:{jupyter['host_port']}"
+    assert jupyter["url"] == f"http://{host.address}:{jupyter['host_port']}/"
+    assert ssh["url"] == ""  # not a web role
+    assert ssh["role_label"] == "SSH"
+    assert data["jupyter_url"] == jupyter_url(environment)
+
+    from accounts.tests.factories import MembershipFactory
+
+    api.force_authenticate(MembershipFactory().user)  # another organisation's member
+    assert api.get(reverse("api:environment-connection", args=[environment.pk])).status_code == 404

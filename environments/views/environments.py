@@ -24,7 +24,7 @@ from ..choices import EnvironmentStatus
 from ..filters import EnvironmentFilter
 from ..forms import EnvironmentAutoStopForm, EnvironmentCreateForm, EnvironmentStartForm
 from ..services import autostop, lifecycle
-from ..services.jupyter import jupyter_url
+from ..services.connection import environment_connection
 
 
 class OrganizationEnvironmentsMixin:
@@ -73,7 +73,7 @@ class EnvironmentDetailView(ScopedDetailView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["events"] = selectors.environment_event_list(self.object)
-        context["jupyter_url"] = jupyter_url(self.object)
+        context["connection"] = environment_connection(self.object)
         context["auto_stop_form"] = EnvironmentAutoStopForm(
             initial={
                 "stop_at": timezone.localtime(self.object.stop_at) if self.object.stop_at else None,
