@@ -42,6 +42,30 @@ def _parse_ports(text: str) -> list[dict]:
     return ports
 
 
+def max_runtime_hours_field(label) -> forms.DecimalField:
+    return forms.DecimalField(
+        label=label,
+        required=False,
+        min_value=Decimal("0.1"),
+        max_value=Decimal(MAX_RUNTIME_MINUTES // 60),
+        decimal_places=2,
+    )
+
+
+def idle_stop_minutes_field(label, help_text="") -> forms.IntegerField:
+    return forms.IntegerField(
+        label=label,
+        required=False,
+        min_value=10,
+        max_value=MAX_IDLE_MINUTES,
+        help_text=help_text,
+    )
+
+
+def hours_to_minutes(hours: Decimal | None) -> int | None:
+    return round(hours * 60) if hours is not None else None
+
+
 class EnvironmentCreateForm(forms.Form):
     name = forms.CharField(
         label=gettext_lazy("Name"),
@@ -86,20 +110,17 @@ class EnvironmentCreateForm(forms.Form):
         choices=PlacementStrategy.choices,
         initial=PlacementStrategy.BINPACK,
     )
-    max_runtime_hours = forms.DecimalField(
-        label=gettext_lazy("Auto-stop each run after (hours)"),
-        required=False,
-        min_value=Decimal("0.1"),
-        max_value=Decimal(MAX_RUNTIME_MINUTES // 60),
-        decimal_places=2,
-    )
-    idle_stop_minutes = forms.IntegerField(
-        label=gettext_lazy("Auto-stop when its GPUs are idle for (minutes)"),
-        required=False,
-        min_value=10,
-        max_value=MAX_IDLE_MINUTES,
+    max_runtime_hours = max_runtime_hours_field(gettext_lazy("Auto-stop each run after (hours)"))
+    idle_stop_minutes = idle_stop_minutes_field(
+        gettext_lazy("Auto-stop when its GPUs are idle for (minutes)"),
         help_text=gettext_lazy("Its GPUs under five per cent busy, no session open; empty: never."),
     )
+
+    def auto_stop(self) -> dict:
+        return {
+            "max_runtime_minutes": hours_to_minutes(self.cleaned_data["max_runtime_hours"]),
+            "idle_stop_minutes": self.cleaned_data["idle_stop_minutes"],
+        }
 
     def __init__(self, *args, user: User, organization: Organization, **kwargs):
         super().__init__(*args, **kwargs)
@@ -142,20 +163,8 @@ class EnvironmentAutoStopForm(StyledForm):
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"],
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
     )
-    max_runtime_hours = forms.DecimalField(
-        label=gettext_lazy("Stop each run after (hours)"),
-        required=False,
-        min_value=Decimal("0.1"),
-        max_value=Decimal(MAX_RUNTIME_MINUTES // 60),
-        decimal_places=2,
-    )
-
-    idle_stop_minutes = forms.IntegerField(
-        label=gettext_lazy("Stop when idle for (minutes)"),
-        required=False,
-        min_value=10,
-        max_value=MAX_IDLE_MINUTES,
-    )
+    max_runtime_hours = max_runtime_hours_field(gettext_lazy("Stop each run after (hours)"))
+    idle_stop_minutes = idle_stop_minutes_field(gettext_lazy("Stop when idle for (minutes)"))
     idle_gpu_percent = forms.IntegerField(
         label=gettext_lazy("Idle below GPU utilisation (%)"),
         min_value=1,
@@ -164,10 +173,9 @@ class EnvironmentAutoStopForm(StyledForm):
     )
 
     def auto_stop(self) -> dict:
-        hours = self.cleaned_data["max_runtime_hours"]
         return {
             "stop_at": self.cleaned_data["stop_at"],
-            "max_runtime_minutes": round(hours * 60) if hours is not None else None,
+            "max_runtime_minutes": hours_to_minutes(self.cleaned_data["max_runtime_hours"]),
             "idle_stop_minutes": self.cleaned_data["idle_stop_minutes"],
             "idle_gpu_percent": self.cleaned_data["idle_gpu_percent"],
         }

@@ -119,10 +119,7 @@ class EnvironmentCreateView(ServiceFormView):
             ports=data["ports"],
             ssh_keys=list(data["ssh_keys"]),
             strategy=data["strategy"],
-            max_runtime_minutes=round(data["max_runtime_hours"] * 60)
-            if data["max_runtime_hours"] is not None
-            else None,
-            idle_stop_minutes=data["idle_stop_minutes"],
+            **form.auto_stop(),
         )
 
     def get_success_url(self):
