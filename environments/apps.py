@@ -8,6 +8,7 @@ class EnvironmentsConfig(AppConfig):
     verbose_name = _("Environments")
 
     def ready(self):
-        # Registers what the fleet tells this app: command outcomes, progress, inventories.
+        # Registers what the fleet tells this app (command outcomes, progress, inventories), and
+        # what the hosts' SSH gateways may open.
         from . import selectors  # noqa: F401
-        from .services import reconciliation, results  # noqa: F401
+        from .services import access, reconciliation, results  # noqa: F401

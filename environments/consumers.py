@@ -1,22 +1,30 @@
-"""Browser WebSockets of environments: the list's and one environment's live page."""
+"""Browser WebSockets of environments: the list's, one environment's live page, and its web
+terminals."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import uuid
+from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.db import connection
 from django.template.loader import render_to_string
 from django.utils import translation
+from django.utils.translation import gettext_lazy as _
+from remotegpu_agent import protocol
 
+from machines.services.realtime import agent_group
 from remotegpu.core.errors import ApplicationError
 from remotegpu.core.websockets import CLOSE_NOT_FOUND, CLOSE_NOT_SIGNED_IN, scope_language
 
 from . import selectors
 from .choices import CONTAINER_STATES
+from .services.access import environment_may_open
 from .services.logs import environment_logs
 from .services.realtime import (
     environment_group,
@@ -24,6 +32,7 @@ from .services.realtime import (
     organization_environments_group,
 )
 
+CLOSE_TERMINAL_ENDED = 4000  # the shell ended, or access to it did
 LOG_POLL_SECONDS = 2.0
 LOG_TAIL = 200
 
@@ -171,3 +180,121 @@ class EnvironmentConsumer(AsyncJsonWebsocketConsumer):
             if lines:
                 await self.send_json({"type": "logs", "lines": lines})
             await asyncio.sleep(LOG_POLL_SECONDS)
+
+
+class TerminalConsumer(AsyncWebsocketConsumer):
+    """``/ws/environments/<id>/terminal/``: a shell in the environment, for xterm.js.
+
+    Checked before accepting: a signed-in user (the session) from an allowed Origin (the ASGI
+    stack), who may open the environment (``environment_may_open``) on a connected host.
+    Browser -> server: binary frames are keyboard input (at most 64 KiB each; larger ones are
+    refused and the terminal goes on); text frames are JSON, ``{"type": "resize", "cols",
+    "rows"}`` (1 to 1000 each) or ``{"type": "ack", "bytes", "frames"}`` for output drawn.
+    Server -> browser: binary frames are output; text frames are JSON ``{"type": "opened"}``,
+    ``{"type": "closed", "message", "exit_code"}`` or ``{"type": "error", "message"}``. The
+    agent sends output only while enough of it is acknowledged (docs/agent-protocol.md)."""
+
+    session = ""
+
+    async def connect(self):
+        user = _signed_in(self.scope)
+        if user is None:
+            await self.close(code=CLOSE_NOT_SIGNED_IN)
+            return
+        environment_id = self.scope["url_route"]["kwargs"]["environment_id"]
+        target = await self._target(user, environment_id)
+        if target is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.host_id, container = target
+        self.language = scope_language(self.scope)
+        self.session = uuid.uuid4().hex
+        await self.accept()
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        cols, rows = _size(query.get("cols", [""])[0], query.get("rows", [""])[0])
+        await self._to_agent(
+            "agent.terminal.open",
+            environment_id=environment_id,
+            container=container,
+            user=str(user.pk),
+            cols=cols or 80,
+            rows=rows or 24,
+            reply=self.channel_name,
+        )
+
+    async def disconnect(self, code):
+        if self.session:
+            await self._to_agent("agent.terminal.close")
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if bytes_data is not None:
+            if len(bytes_data) > protocol.MAX_TERMINAL_INPUT:
+                await self._error(_("Input frames are limited to 64 KiB; that one was dropped."))
+                return
+            await self._to_agent("agent.terminal.input", data=bytes_data)
+            return
+        try:
+            message = json.loads(text_data or "")
+            kind = message["type"]
+        except (ValueError, TypeError, KeyError):
+            await self._error(_("Not a terminal message."))
+            return
+        if kind == "resize":
+            cols, rows = _size(message.get("cols"), message.get("rows"))
+            if not cols:
+                await self._error(_("A terminal is 1 to 1000 columns and rows."))
+                return
+            await self._to_agent("agent.terminal.resize", cols=cols, rows=rows)
+        elif kind == "ack":
+            size, frames = message.get("bytes"), message.get("frames", 1)
+            if not all(isinstance(v, int) and 0 <= v <= 2**31 for v in (size, frames)):
+                await self._error(_("An acknowledgement counts bytes and frames."))
+                return
+            await self._to_agent("agent.terminal.ack", bytes=size, frames=frames)
+        else:
+            await self._error(_("Not a terminal message."))
+
+    async def _to_agent(self, kind: str, **fields):
+        await self.channel_layer.group_send(
+            agent_group(self.host_id), {"type": kind, "session": self.session, **fields}
+        )
+
+    async def _error(self, message):
+        with translation.override(self.language):
+            text = str(message)
+        await self.send(text_data=json.dumps({"type": "error", "message": text}))
+
+    @database_sync_to_async
+    def _target(self, user, environment_id):
+        environment = selectors.environment_get_for_user(user, environment_id)
+        if environment is None or not environment_may_open(environment, user):
+            return None
+        if environment.host is None or not environment.host.connected:
+            return None
+        return environment.host_id, environment.container_id
+
+    # From the agent, relayed by its consumer --------------------------------------------------
+
+    async def terminal_output(self, event):
+        await self.send(bytes_data=event["data"])
+
+    async def terminal_event(self, event):
+        payload = {"type": event["event"], "message": event.get("message", "")}
+        if event["event"] == "closed":
+            payload["exit_code"] = event.get("exit_code")
+            self.session = ""  # nothing left to close at the agent
+            await self.send(text_data=json.dumps(payload))
+            await self.close(code=CLOSE_TERMINAL_ENDED)
+            return
+        await self.send(text_data=json.dumps(payload))
+
+
+def _size(cols, rows) -> tuple[int, int]:
+    """Columns and rows when both are whole numbers from 1 to 1000; (0, 0) otherwise."""
+    try:
+        cols, rows = int(cols), int(rows)
+    except (TypeError, ValueError):
+        return 0, 0
+    if isinstance(cols, bool) or not (0 < cols <= 1000 and 0 < rows <= 1000):
+        return 0, 0
+    return cols, rows

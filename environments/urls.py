@@ -8,6 +8,11 @@ urlpatterns = [
     path("", environments.EnvironmentListView.as_view(), name="environment_list"),
     path("new/", environments.EnvironmentCreateView.as_view(), name="environment_create"),
     path("<int:pk>/", environments.EnvironmentDetailView.as_view(), name="environment_detail"),
+    path(
+        "<int:pk>/terminal/",
+        environments.EnvironmentTerminalView.as_view(),
+        name="environment_terminal",
+    ),
     path("<int:pk>/start/", environments.EnvironmentStartView.as_view(), name="environment_start"),
     path("<int:pk>/stop/", environments.EnvironmentStopView.as_view(), name="environment_stop"),
     path(

@@ -14,6 +14,7 @@ from .models import (
     AgentCommand,
     Alert,
     AlertRule,
+    Allocation,
     GPUSample,
     GPUSampleRollup,
     Host,
@@ -25,6 +26,7 @@ from .models import (
     OnboardingJob,
     Region,
 )
+from .services.allocations import allocation_reclaim
 from .services.commands import command_create
 from .services.hosts import host_set_labels, host_set_status, labels_validate
 from .services.join import credential_revoke, join_token_revoke
@@ -107,6 +109,8 @@ class HostAdmin(admin.ModelAdmin):
         "agent_version",
         "gpu_backend",
         "containers",
+        "ssh_port",
+        "ssh_host_key_fingerprint",
         "connected",
         "last_seen_at",
         "cpu_percent",
@@ -270,3 +274,39 @@ class HostGPUModelAdmin(ReadOnlyAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Allocation)
+class AllocationAdmin(ReadOnlyAdmin):
+    """Allocations are made on the operator pages and the API, which check overlaps and the
+    host; here operators look them up, and may reclaim."""
+
+    list_display = [
+        "host",
+        "organization",
+        "status",
+        "starts_at",
+        "ends_at",
+        "tenant_user",
+        "reclaimed_at",
+    ]
+    list_filter = ["status", "starts_at", "ends_at", "host__region"]
+    search_fields = ["host__name", "organization__name", "organization__slug", "tenant_user"]
+    list_select_related = ["host", "organization"]
+    actions = ["reclaim"]
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the record of who had which machine stays
+
+    @admin.action(description=_("Reclaim selected allocations now"))
+    def reclaim(self, request, queryset):
+        for allocation in queryset:
+            try:
+                allocation_reclaim(
+                    actor=request.user,
+                    allocation=allocation,
+                    reason=str(_("Reclaimed from the admin.")),
+                )
+            except ApplicationError as error:  # each refusal is reported, the rest proceed
+                self.message_user(request, f"{allocation}: {error}", messages.ERROR)
+        self.message_user(request, _("Reclaim requested."), messages.SUCCESS)

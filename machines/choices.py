@@ -42,6 +42,8 @@ class CommandKind(models.TextChoices):
     ENVIRONMENT_DELETE = "environment_delete", _("Delete an environment")
     ENVIRONMENT_LOGS = "environment_logs", _("Read an environment's logs")
     CONTAINER_REMOVE = "container_remove", _("Remove a container")
+    TENANT_CREATE = "tenant_create", _("Create a tenant account")
+    TENANT_RECLAIM = "tenant_reclaim", _("Reclaim a tenant's account and files")
 
 
 # Reads whose rows are worth nothing once answered (a page following an environment's output
@@ -106,3 +108,25 @@ class OnboardingStatus(models.TextChoices):
 class OnboardingAuth(models.TextChoices):
     PASSWORD = "password", _("Password")
     PRIVATE_KEY = "private_key", _("Private key")
+
+
+class AllocationStatus(models.TextChoices):
+    SCHEDULED = "scheduled", _("Scheduled")
+    PROVISIONING = "provisioning", _("Provisioning")
+    ACTIVE = "active", _("Active")
+    RECLAIMING = "reclaiming", _("Reclaiming")
+    RECLAIMED = "reclaimed", _("Reclaimed")
+    FAILED = "failed", _("Failed")
+
+
+# An allocation in one of these holds its host for its time range: no other may overlap it.
+OPEN_ALLOCATION_STATES = frozenset(
+    {
+        AllocationStatus.SCHEDULED,
+        AllocationStatus.PROVISIONING,
+        AllocationStatus.ACTIVE,
+        AllocationStatus.RECLAIMING,
+    }
+)
+# The tenant organisation's environments may be placed on the host in these.
+TENANT_PLACEMENT_STATES = frozenset({AllocationStatus.PROVISIONING, AllocationStatus.ACTIVE})

@@ -2,8 +2,8 @@ import django_filters
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
-from .choices import AlertStatus, HostStatus, Severity
-from .models import Alert, AlertRule, Host, Region
+from .choices import AlertStatus, AllocationStatus, HostStatus, Severity
+from .models import Alert, AlertRule, Allocation, Host, Region
 
 
 class HostFilter(django_filters.FilterSet):
@@ -45,3 +45,22 @@ class AlertFilter(django_filters.FilterSet):
     class Meta:
         model = Alert
         fields = ["status", "severity", "rule", "host"]
+
+
+class AllocationFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(
+        choices=AllocationStatus.choices, label=_("Status"), empty_label=_("Any status")
+    )
+    q = django_filters.CharFilter(method="search", label=_("Host or organisation"))
+
+    class Meta:
+        model = Allocation
+        fields = ["status", "q"]
+
+    def search(self, queryset, name, value):
+        return queryset.filter(
+            Q(host__name__icontains=value)
+            | Q(organization__name__icontains=value)
+            | Q(organization__slug__icontains=value)
+            | Q(tenant_user=value)
+        )

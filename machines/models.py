@@ -3,6 +3,12 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.constraints import ExclusionConstraint
+from django.contrib.postgres.fields import (
+    BigIntegerRangeField,
+    DateTimeRangeField,
+    RangeOperators,
+)
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -12,9 +18,11 @@ from remotegpu_agent import protocol
 from remotegpu.core.models import TimeStampedModel
 
 from .choices import (
+    OPEN_ALLOCATION_STATES,
     OPEN_COMMAND_STATES,
     AlertMetric,
     AlertStatus,
+    AllocationStatus,
     CommandKind,
     CommandStatus,
     Comparison,
@@ -114,6 +122,16 @@ class Host(TimeStampedModel):
         default=44999,
         validators=[MinValueValidator(1024), MaxValueValidator(65535)],
     )
+    # The agent's SSH gateway (0: not serving) and its host key, as the agent reports them.
+    ssh_port = models.PositiveIntegerField(_("SSH gateway port"), default=0, editable=False)
+    ssh_host_key = models.CharField(_("SSH host key"), max_length=1000, blank=True, editable=False)
+    ssh_host_key_fingerprint = models.CharField(
+        _("SSH host key fingerprint"), max_length=100, blank=True, editable=False
+    )
+    # The environments with an SSH or terminal session open as of ``sessions_seen_at`` (the
+    # latest heartbeat that listed any): idle auto-stop counts them as activity.
+    session_environments = models.JSONField(default=list, blank=True, editable=False)
+    sessions_seen_at = models.DateTimeField(null=True, blank=True, editable=False)
     connected = models.BooleanField(_("agent connected"), default=False)
     # The channel of the agent's newest socket: an older socket closing late must not mark a
     # reconnected host disconnected.
@@ -539,3 +557,119 @@ class OnboardingJob(TimeStampedModel):
 
     def __str__(self):
         return f"{self.username}@{self.address}:{self.port} → {self.name}"
+
+
+class HostAsRange(models.Func):
+    """``int8range(host_id, host_id, '[]')``: the host as a range, so that the allocations'
+    exclusion constraint needs only GiST's built-in range operators (no btree_gist)."""
+
+    function = "int8range"
+    output_field = BigIntegerRangeField()
+
+    def __init__(self, field: str):
+        super().__init__(models.F(field), models.F(field), models.Value("[]"))
+
+
+class TimeRange(models.Func):
+    """``tstzrange(starts_at, ends_at)``: half-open, so one lease may end when the next starts."""
+
+    function = "tstzrange"
+    output_field = DateTimeRangeField()
+
+
+class Allocation(TimeStampedModel):
+    """A whole host lent to one organisation from ``starts_at`` to ``ends_at``.
+
+    ``scheduled -> provisioning`` (the agent creates the tenant's Unix account) ``-> active ->
+    reclaiming`` (the agent removes the organisation's containers, volumes, processes, account
+    and files, and checks that nothing is left) ``-> reclaimed``; ``failed`` when the agent could
+    not do it or found leftovers (``reclaim_report`` says which). While open, an allocation
+    holds its host for its time range: the database refuses an overlapping one."""
+
+    host = models.ForeignKey(
+        Host, verbose_name=_("host"), on_delete=models.PROTECT, related_name="allocations"
+    )
+    organization = models.ForeignKey(
+        "accounts.Organization",
+        verbose_name=_("organisation"),
+        on_delete=models.PROTECT,
+        related_name="allocations",
+    )
+    starts_at = models.DateTimeField(_("starts"))
+    ends_at = models.DateTimeField(_("ends"))
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=AllocationStatus.choices,
+        default=AllocationStatus.SCHEDULED,
+        db_index=True,
+    )
+    status_message = models.CharField(_("status message"), max_length=500, blank=True)
+    # The tenant's Unix account on the host (``rgt<id>``), fixed when the allocation is made.
+    tenant_user = models.CharField(_("tenant user"), max_length=32, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("created by"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    activated_at = models.DateTimeField(_("activated"), null=True, blank=True)
+    warned_24h_at = models.DateTimeField(_("warned a day before"), null=True, blank=True)
+    warned_1h_at = models.DateTimeField(_("warned an hour before"), null=True, blank=True)
+    reclaim_reason = models.CharField(_("reclaim reason"), max_length=200, blank=True)
+    reclaim_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("reclaim requested by"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    reclaim_requested_at = models.DateTimeField(_("reclaim requested"), null=True, blank=True)
+    reclaim_report = models.JSONField(_("reclaim report"), default=dict, blank=True)
+    reclaimed_at = models.DateTimeField(_("reclaimed"), null=True, blank=True)
+    # The agent command whose outcome moves the allocation on; older commands' late results
+    # change nothing.
+    last_command = models.ForeignKey(
+        AgentCommand,
+        verbose_name=_("last command"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        verbose_name = _("allocation")
+        verbose_name_plural = _("allocations")
+        ordering = ["-starts_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")),
+                name="allocation_ends_after_start",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant_user"],
+                condition=~models.Q(tenant_user=""),
+                name="unique_allocation_tenant_user",
+            ),
+            ExclusionConstraint(
+                name="allocation_no_overlap_per_host",
+                expressions=[
+                    (HostAsRange("host"), RangeOperators.OVERLAPS),
+                    (TimeRange("starts_at", "ends_at"), RangeOperators.OVERLAPS),
+                ],
+                condition=models.Q(status__in=sorted(OPEN_ALLOCATION_STATES)),
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "ends_at"])]
+
+    def __str__(self):
+        return f"{self.host} → {self.organization} ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        """Holding its host: scheduled, provisioning, active or reclaiming."""
+        return self.status in OPEN_ALLOCATION_STATES

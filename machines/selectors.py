@@ -19,6 +19,7 @@ from django.db.models import (
     Func,
     IntegerField,
     OuterRef,
+    Prefetch,
     Q,
     QuerySet,
     Subquery,
@@ -27,12 +28,15 @@ from django.db.models import (
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
+from accounts.models import Membership, User
+
 from .choices import AlertStatus, GPUHealth, HostStatus
 from .models import (
     GPU,
     AgentCommand,
     Alert,
     AlertRule,
+    Allocation,
     GPUSample,
     GPUSampleRollup,
     Host,
@@ -354,3 +358,29 @@ def alert_rule_list() -> QuerySet[AlertRule]:
 
 def alert_firing_count() -> int:
     return Alert.objects.filter(status=AlertStatus.FIRING).count()
+
+
+# Whole-machine allocations -----------------------------------------------------------------
+
+
+def allocation_list() -> QuerySet[Allocation]:
+    """Every allocation, latest start first, with its host's GPUs (lost ones apart) in
+    ``host.gpu_list``: list pages and the API show them without a query per row."""
+    return Allocation.objects.select_related(
+        "host", "host__region", "organization", "created_by", "reclaim_requested_by"
+    ).prefetch_related(
+        Prefetch(
+            "host__gpus",
+            queryset=GPU.objects.exclude(health=GPUHealth.LOST).order_by("index", "uuid"),
+            to_attr="gpu_list",
+        )
+    )
+
+
+def allocation_list_for_user(user: User) -> QuerySet[Allocation]:
+    """The allocations of the user's active organisations (operators: every one)."""
+    queryset = allocation_list()
+    if user.is_staff:
+        return queryset
+    organizations = Membership.objects.filter(user=user, organization__is_active=True)
+    return queryset.filter(organization_id__in=organizations.values("organization_id"))

@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from .services.alerts import WebhookDeliveryError, alert_webhook_deliver, alerts_evaluate
+from .services.allocations import allocation_sweep
 from .services.commands import command_expire_overdue, command_prune
 from .services.hosts import host_mark_offline_stale
 from .services.metrics import metrics_prune, metrics_roll_up
@@ -80,3 +81,10 @@ def onboarding_run_task(job_id: int, server_url: str) -> str:
 def onboarding_expire_task() -> int:
     """End onboarding jobs nobody moves on, wiping their secrets (every minute)."""
     return onboarding_expire_stale()
+
+
+@shared_task
+def allocation_sweep_task() -> dict[str, int]:
+    """Whole-machine allocations: reclaim those whose end has come, activate those whose start
+    has, warn tenants a day and an hour before the end (every 30 s)."""
+    return allocation_sweep()

@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", RedirectView.as_view(pattern_name="swagger-ui", permanent=False)),
     path("operator/", include("machines.urls")),
+    path("machines/", include("machines.urls.my_machines")),
     path("environments/", include("environments.urls")),
     path(
         "agent/download/remotegpu_agent-<str:version>-py3-none-any.whl",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real parts integration tests need: Chromium (Playwright drives it), OpenSSH's ssh-keygen,
 # gettext's msgfmt, Prometheus's promtool (it checks the /metrics exposition) and OpenSSH's sshd
-# (onboarding over SSH signs in to it on loopback as the dedicated user rgpu-onboard).
+# (onboarding over SSH signs in to it on loopback as the dedicated user rgpu-onboard), and rsync
+# (the SSH gateway's tests copy with it).
 # Installed from Debian's packages when missing and we are root (CI always is); locally the tests
 # that need a missing part skip with a message instead.
 set -euo pipefail
@@ -11,6 +12,7 @@ command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
 command -v msgfmt >/dev/null 2>&1 || missing+=(gettext)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 if [ ${#missing[@]} -eq 0 ]; then
   :
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -37,8 +37,10 @@ from machines.models import AgentCommand, Alert, AlertRule, GPUSample, HostSampl
 from machines.services.commands import command_finish
 from machines.tests.factories import (
     AgentCommandFactory,
+    AllocationFactory,
     GPUFactory,
     HostFactory,
+    RuntimeHostFactory,
     host_joined,
     join_token_issue,
 )
@@ -65,7 +67,7 @@ MAX_EXAMPLES = 25
 TOKEN_REVOKE = "DELETE /api/v1/tokens/{id}/"
 FLEET_PATHS = (
     r"^/api/v1/(regions|hosts|gpus|host-commands|join-tokens|fleet|agent|alerts|alert-rules"
-    r"|images|specs|environments|registry-credentials)/"
+    r"|images|specs|environments|registry-credentials|allocations)/"
 )
 
 
@@ -103,6 +105,9 @@ def owner_token(transactional_db) -> IssuedToken:
     )
     command = AgentCommand.objects.get(payload__environment_id=environment.pk)
     command_finish(command.host_id, str(command.pk), ok=True, result={"time": 1.0}, error="")
+    # A whole machine lent to the organisation, with its GPUs and how to connect.
+    allocation = AllocationFactory(organization=organization)
+    GPUFactory(host=allocation.host)
     return token_create(user=owner, name="fuzzer", write_enabled=True)
 
 
@@ -190,6 +195,14 @@ def operator_token(transactional_db) -> IssuedToken:
     GPUSample.objects.create(
         gpu=blind, time=now, utilization=None, memory_used=1, temperature=None, power_draw=None
     )
+    # Whole-machine allocations: one active, one reclaimed with its report, and a free host
+    # with a container runtime that a generated allocation may take.
+    GPUFactory(host=AllocationFactory().host)
+    AllocationFactory(
+        status="reclaimed",
+        reclaim_report={"removed": {"account": True}, "remaining": {}, "clean": True},
+    )
+    RuntimeHostFactory()
     rule = AlertRule.objects.create(name="fuzzed rule", metric="gpu_temperature", threshold=50)
     for status in (AlertStatus.FIRING, AlertStatus.RESOLVED):
         Alert.objects.create(

@@ -4,8 +4,10 @@ a member of the organisation that owns the data, and an operator.
 The fleet (hosts, GPUs, join tokens, credentials, commands, samples) belongs to no organisation
 and is the operators' alone: its routes refuse the other organisation's owner *and* the member
 (403 or 404), and none of its names ("kestrel") or secrets appear in what they are shown.
-Regions are the exception: anyone signed in reads them. The agent's join endpoint is reachable
-without an account; without a valid join token it answers 400 and creates nothing.
+Regions are the exception: anyone signed in reads them; and so are whole-machine allocations,
+which A's members read (the host lent to A included) while the other organisation gets 404.
+The agent's join endpoint is reachable without an account; without a valid join token it
+answers 400 and creates nothing.
 
 The suite walks ``get_resolver()`` so that a new route is tested the day it is added: a route
 whose path parameters this file cannot fill fails loudly with its name. Path parameters are
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 from allauth.account.forms import default_token_generator
@@ -56,11 +59,12 @@ from environments.models import (
     RegistryCredential,
     Spec,
 )
-from machines.choices import AlertMetric, AlertStatus, OnboardingAuth, Severity
+from machines.choices import AlertMetric, AlertStatus, AllocationStatus, OnboardingAuth, Severity
 from machines.models import (
     GPU,
     Alert,
     AlertRule,
+    Allocation,
     GPUSample,
     GPUSampleRollup,
     HostCredential,
@@ -152,6 +156,14 @@ PUBLIC_ROUTES = {
 # endpoint, whose caller authenticates with the join token in the body.
 AGENT_JOIN = "api:agent-join"
 FLEET_FOR_EVERYONE = {"api:region-list", "api:region-detail"}
+# Whole-machine allocations are the fleet's, but the organisation a host is lent to reads its
+# own: these routes are scoped to the caller's organisations like any of A's data.
+FLEET_LENT_TO_ORGANIZATIONS = {
+    "api:allocation-list",
+    "api:allocation-detail",
+    "my_machines:allocation_list",
+    "my_machines:allocation_detail",
+}
 # Specs are offered to everyone signed in; they belong to no organisation.
 OFFERED_TO_EVERYONE = {"api:spec-detail"}
 
@@ -226,6 +238,11 @@ PK_OBJECTS = {
     "onboarding_progress": "onboarding_job",
     "onboarding_confirm": "onboarding_job",
     "onboarding_cancel": "onboarding_job",
+    # Whole-machine allocations: A's, of the fleet's host.
+    "allocation-detail": "allocation",
+    "allocation-reclaim": "allocation",
+    "allocation_detail": "allocation",
+    "allocation_reclaim": "allocation",
     # Environments: A's environment, A's private image; specs belong to no organisation.
     "environment-detail": "environment",
     "environment-start": "environment",
@@ -237,6 +254,7 @@ PK_OBJECTS = {
     "environment-connection": "environment",
     "environment_auto_stop": "environment",
     "environment_detail": "environment",
+    "environment_terminal": "environment",
     "environment_start": "environment",
     "environment_stop": "environment",
     "environment_restart": "environment",
@@ -278,6 +296,7 @@ ADMIN_OBJECTS = {
     "machines.alert": "alert",
     "machines.onboardingjob": "onboarding_job",
     "machines.hostgpumodel": "host_gpu_model",
+    "machines.allocation": "allocation",
     "environments.image": "image",
     "environments.spec": "spec",
     "environments.registrycredential": "registry_credential",
@@ -310,6 +329,10 @@ OPERATOR_ADMIN_STATUS = {
     "admin:machines_onboardingjob_add": 403,  # started from the pages that confirm host keys
     "admin:machines_hostgpumodel_add": 403,  # the database keeps these counts
     "admin:machines_hostgpumodel_delete": 403,
+    # Allocations are made where overlaps and the host are checked (pages, API), and their
+    # record stays.
+    "admin:machines_allocation_add": 403,
+    "admin:machines_allocation_delete": 403,
     # Environments are created where they are placed (portal, API); their events, GPU
     # assignments, ports and orphans come from the services that keep them.
     "admin:environments_environment_add": 403,
@@ -374,6 +397,15 @@ def world(db) -> World:
     operator = OperatorFactory(email="olga@operators.test", name="Olga Operator")
     fleet = _fleet(operator)
     environment = _environment(organization, member, fleet.objects["host"], fleet.objects["gpu"])
+    now = timezone.now()
+    allocation = Allocation.objects.create(
+        host=fleet.objects["host"],
+        organization=organization,
+        starts_at=now - timedelta(hours=1),
+        ends_at=now + timedelta(days=1),
+        status=AllocationStatus.ACTIVE,
+        tenant_user="rgt1",
+    )
 
     objects = {
         "organization": organization,
@@ -391,6 +423,7 @@ def world(db) -> World:
         "group": Group.objects.create(name="operators-on-call"),
         **fleet.objects,
         **environment,
+        "allocation": allocation,
     }
     return World(
         organization=organization,
@@ -600,6 +633,7 @@ def _is_fleet(route: Route) -> bool:
     module = getattr(route.callback, "__module__", "") or ""
     return module.startswith("machines.") and route.name not in {
         *FLEET_FOR_EVERYONE,
+        *FLEET_LENT_TO_ORGANIZATIONS,
         AGENT_JOIN,
         *PUBLIC_ROUTES,
     }

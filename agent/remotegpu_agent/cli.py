@@ -27,6 +27,9 @@ import psutil
 from . import __version__
 from .client import EXIT_CONFIG, Agent
 from .containers import DockerDriver
+from .dockerexec import DockerAPI
+from .gateway import DEFAULT_PORT as DEFAULT_SSH_PORT
+from .gateway import Gateway
 from .gpu import BACKENDS, GPUBackend, get_backend
 from .host import host_facts
 from .protocol import MAX_HEARTBEAT_INTERVAL, VERSION
@@ -161,6 +164,14 @@ def command_run(args: argparse.Namespace) -> int:
     except StateError as exc:
         return _fail(str(exc))
     backend = _backend(args)
+    gateway = None
+    if not args.no_docker and not args.no_ssh:
+        gateway = Gateway(
+            DockerAPI(),
+            state.path / "ssh_host_ed25519_key",
+            host=args.ssh_listen,
+            port=args.ssh_port,
+        )
     agent = Agent(
         config,
         state,
@@ -171,6 +182,7 @@ def command_run(args: argparse.Namespace) -> int:
         docker=None
         if args.no_docker
         else DockerDriver(gpu_backend=backend.name, publish_address=args.publish_address),
+        gateway=gateway,
     )
     try:
         return asyncio.run(agent.run())
@@ -441,6 +453,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-docker",
         action="store_true",
         help="run no environments on this host (it reports no container runtime)",
+    )
+    run.add_argument(
+        "--ssh-port",
+        type=int,
+        default=int(os.environ.get("REMOTEGPU_AGENT_SSH_PORT", DEFAULT_SSH_PORT)),
+        help=f"the SSH gateway's port (default {DEFAULT_SSH_PORT}; 0: any free port)",
+    )
+    run.add_argument(
+        "--no-ssh", action="store_true", help="no SSH gateway on this host (no SSH, SFTP or scp)"
+    )
+    run.add_argument(
+        "--ssh-listen",
+        default=os.environ.get("REMOTEGPU_AGENT_SSH_LISTEN", "0.0.0.0"),
+        help="the address the SSH gateway listens on (default: all)",
     )
     run.add_argument(
         "--log-file",

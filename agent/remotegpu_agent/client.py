@@ -31,9 +31,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 
 from . import __version__, commands, host
 from .containers import DockerDriver, DockerUnavailable
+from .dockerexec import DockerAPI
+from .gateway import Gateway
 from .gpu import GPUBackend
 from .protocol import (
     MAX_MESSAGE_BYTES,
+    AccessMap,
     Command,
     CommandAck,
     CommandProgress,
@@ -43,11 +46,17 @@ from .protocol import (
     Inventory,
     Message,
     ProtocolError,
+    TerminalAck,
+    TerminalClose,
+    TerminalOpen,
+    TerminalResize,
     Welcome,
     dump,
     parse,
+    terminal_unframe,
 )
 from .state import AgentConfig, AgentStatus, CommandStore, StateDir, iso_now
+from .terminal import Terminals
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +106,7 @@ class Agent:
         initial_backoff: float = 1.0,
         max_backoff: float = 60.0,
         docker: DockerDriver | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -106,6 +116,12 @@ class Agent:
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
         self.docker = docker
+        self.gateway = gateway
+        # Web terminals (with Docker); who may open what comes with the gateway's access map.
+        self.terminals = (
+            Terminals(DockerAPI(), self._send_frame, self._send) if docker is not None else None
+        )
+        self.terminal_users: dict[int, frozenset[str]] = {}
         self.context = commands.CommandContext(
             backend, disk_path=disk_path, log_file=log_file, docker=docker
         )
@@ -146,6 +162,7 @@ class Agent:
             threading.Thread(
                 target=self._watch_docker, args=(loop,), name="docker-events", daemon=True
             ).start()
+        await self._start_gateway()
         self._main = asyncio.ensure_future(self._connect_forever())
         signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
         for signum in signals:
@@ -163,6 +180,8 @@ class Agent:
                 loop.remove_signal_handler(signum)
             for task in list(self._running.values()):
                 task.cancel()
+            if self.gateway is not None:
+                await self.gateway.close()
             self._events_stop.set()
             self.store.close()
             self._set_status(
@@ -171,6 +190,17 @@ class Agent:
                 state="refused" if exit_status == EXIT_REFUSED else "stopped",
             )
         return exit_status
+
+    async def _start_gateway(self) -> None:
+        if self.gateway is None:
+            return
+        try:
+            await self.gateway.start()
+        except OSError as exc:  # the port is taken: run on, and say so (no SSH on this host)
+            message = f"the SSH gateway cannot listen on port {self.gateway.port}: {exc}"
+            logger.error("%s", message)
+            self._set_status(last_error=message)
+            self.gateway = None
 
     def stop(self) -> None:
         """Close the connection and end ``run`` with status 0 (SIGTERM and SIGINT call this)."""
@@ -276,9 +306,16 @@ class Agent:
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             self._connection = None
+            if self.terminals is not None:  # their browsers were reached through this socket
+                self.terminals.close_all("the host lost its connection to the server")
 
     async def _receive_message(self, connection: ClientConnection) -> Message | None:
         raw = await connection.recv()
+        if isinstance(raw, bytes) and self.terminals is not None:
+            framed = terminal_unframe(raw)
+            if framed is not None:
+                self.terminals.input(*framed)
+                return None
         try:
             return parse(raw)
         except ProtocolError as exc:
@@ -300,10 +337,52 @@ class Agent:
             message = await self._receive_message(connection)
             if isinstance(message, Command):
                 await self._on_command(message)
+            elif isinstance(message, AccessMap):
+                self._on_access_map(message)
+            elif isinstance(message, TerminalOpen | TerminalResize | TerminalAck | TerminalClose):
+                await self._on_terminal(message)
             elif isinstance(message, Error):
                 logger.warning("the server refused message %s: %s", message.ref, message.reason)
             elif message is not None:
                 logger.warning("ignored an unexpected %s message", message.type)
+
+    def _on_access_map(self, message: AccessMap) -> None:
+        ended = 0
+        if self.gateway is not None:
+            ended += self.gateway.set_access(message.environments, message.tenants)
+        self.terminal_users = {
+            entry.environment_id: frozenset(entry.users) for entry in message.environments
+        }
+        if self.terminals is not None:
+            ended += self.terminals.enforce(self.terminal_users)
+        logger.info(
+            "access: %d environment(s), %d tenant(s)%s",
+            len(message.environments),
+            len(message.tenants),
+            f"; {ended} session(s) ended" if ended else "",
+        )
+
+    async def _on_terminal(self, message) -> None:
+        if self.terminals is None:
+            return
+        if isinstance(message, TerminalOpen):
+            users = self.terminal_users.get(message.environment_id)
+            await self.terminals.open(message, users)
+        elif isinstance(message, TerminalResize):
+            await self.terminals.resize(message.session, message.cols, message.rows)
+        elif isinstance(message, TerminalAck):
+            self.terminals.ack(message.session, message.bytes, message.frames)
+        else:
+            self.terminals.close(message.session)
+
+    async def _send_frame(self, frame: bytes) -> bool:
+        """A binary frame (a terminal's output) on the current connection."""
+        connection = self._connection
+        if connection is None:
+            return False
+        async with self._send_lock:
+            await connection.send(frame)
+        return True
 
     async def _send(self, message: Message) -> bool:
         """Send on the current connection; False when there is none."""
@@ -357,6 +436,16 @@ class Agent:
         heartbeat = Heartbeat(time=time.time(), gpus=self.backend.sample(), **asdict(figures))
         return inventory, heartbeat
 
+    def _gateway_figures(self, inventory: Inventory, heartbeat: Heartbeat) -> None:
+        """The gateway's port and key, and the environments with an SSH or terminal session
+        open (read here, on the event loop, where the sessions change)."""
+        open_in = set(self.terminals.environments()) if self.terminals is not None else set()
+        if self.gateway is not None:
+            inventory.ssh_port = self.gateway.port
+            inventory.ssh_host_key = self.gateway.public_key
+            open_in.update(self.gateway.sessions())
+        heartbeat.sessions = [str(environment) for environment in sorted(open_in)]
+
     @staticmethod
     def inventory_digest(inventory: Inventory) -> str:
         content = {
@@ -377,6 +466,7 @@ class Agent:
                 logger.exception("cannot read the host's figures")
                 self._set_status(last_error=f"cannot read the host's figures: {exc}")
             else:
+                self._gateway_figures(inventory, heartbeat)
                 digest = self.inventory_digest(inventory)
                 if digest != sent_digest:
                     await self._send(inventory)

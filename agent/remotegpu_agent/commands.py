@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__, host
+from . import __version__, host, tenants
 from .containers import DockerDriver
 from .gpu import GPUBackend
 from .protocol import VERSION, EnvironmentRun, ProtocolError, parse_payload
@@ -153,6 +153,8 @@ HANDLERS: dict[str, Handler] = {
     "environment_delete": environment_delete,
     "environment_logs": environment_logs,
     "container_remove": container_remove,
+    "tenant_create": tenants.tenant_create,
+    "tenant_reclaim": tenants.tenant_reclaim,
 }
 # Kinds that may run again after the agent stopped in the middle of one: each finds and
 # finishes what the interrupted try made (by label, by name) instead of making it twice.
@@ -164,6 +166,8 @@ RERUNNABLE = frozenset(
         "environment_delete",
         "environment_logs",
         "container_remove",
+        "tenant_create",
+        "tenant_reclaim",
     }
 )
 # Kinds that create, start, stop or remove containers: while one runs, the inventory waits
@@ -175,6 +179,7 @@ CONTAINER_CHANGING = frozenset(
         "environment_restart",
         "environment_delete",
         "container_remove",
+        "tenant_reclaim",
     }
 )
 TIME_LIMITS: dict[str, float] = {
@@ -187,6 +192,8 @@ TIME_LIMITS: dict[str, float] = {
     "environment_delete": 60.0,
     "environment_logs": 15.0,
     "container_remove": 30.0,
+    "tenant_create": 60.0,
+    "tenant_reclaim": 600.0,  # removes every container and volume of the organisation here
 }
 
 

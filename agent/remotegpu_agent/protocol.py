@@ -22,6 +22,24 @@ MAX_CONTAINERS = 1024
 MAX_IMAGES = 500
 MAX_PORTS = 64
 MAX_HEARTBEAT_INTERVAL = 3600  # seconds
+MAX_KEYS = 256  # SSH keys that may open one environment
+
+
+# A web terminal's bytes: this byte, the session's 16 bytes, then the data.
+TERMINAL_FRAME = b"T"
+TERMINAL_HEADER = 17
+MAX_TERMINAL_INPUT = 64 * 1024  # bytes of keyboard input in one frame
+
+
+def terminal_frame(session: str, data: bytes) -> bytes:
+    return TERMINAL_FRAME + bytes.fromhex(session) + data
+
+
+def terminal_unframe(frame: bytes) -> tuple[str, bytes] | None:
+    """``(session, data)``, or None for bytes that are not a terminal frame."""
+    if len(frame) < TERMINAL_HEADER or frame[:1] != TERMINAL_FRAME:
+        return None
+    return frame[1:TERMINAL_HEADER].hex(), frame[TERMINAL_HEADER:]
 
 
 class ProtocolError(ValueError):
@@ -150,6 +168,9 @@ class Inventory(Message):
     time: float = 0.0
     # Image references the host holds; placement prefers hosts that already have one.
     images: list[str] = field(default_factory=list)
+    # The SSH gateway: its port (0: not serving) and its host key (OpenSSH public key line).
+    ssh_port: int = 0
+    ssh_host_key: str = ""
 
 
 @dataclass
@@ -167,6 +188,8 @@ class Heartbeat(Message):
     disk_total: int
     load1: float = 0.0
     gpus: list[GPUSample] = field(default_factory=list)
+    # Environments (ids) with an SSH or terminal session open now: idle auto-stop counts them.
+    sessions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -221,6 +244,89 @@ class Command(Message):
 
 
 @dataclass
+class GatewayAccess:
+    """Who may open one environment through the SSH gateway: the SHA256 fingerprints (as
+    ``ssh-keygen -l`` prints them) of the keys it accepts."""
+
+    environment_id: int
+    container: str
+    fingerprints: list[str] = field(default_factory=list)
+    # Ids of the users who may open a web terminal in it (sessions of others are ended).
+    users: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TenantAccess:
+    """A whole-machine tenant: its Unix account on this host and the keys that open it."""
+
+    allocation_id: int
+    user: str
+    fingerprints: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AccessMap(Message):
+    """The whole of the gateway's access, replacing what the agent had: sent after ``welcome``
+    and whenever a key, a membership, an environment or an allocation changes. Sessions the
+    new map no longer allows are ended."""
+
+    type: ClassVar[str] = "access_map"
+    environments: list[GatewayAccess] = field(default_factory=list)
+    tenants: list[TenantAccess] = field(default_factory=list)
+
+
+@dataclass
+class TerminalOpen(Message):
+    """Open a web terminal: a shell on a TTY in the environment's container. Its bytes travel
+    as binary frames, ``TERMINAL_FRAME`` + the session's 16 bytes + data, both ways; the agent
+    sends output while the server has acknowledged enough of it (``terminal_ack``)."""
+
+    type: ClassVar[str] = "terminal_open"
+    session: str  # 32 hex digits
+    environment_id: int
+    container: str
+    user: str
+    cols: int = 80
+    rows: int = 24
+
+
+@dataclass
+class TerminalResize(Message):
+    type: ClassVar[str] = "terminal_resize"
+    session: str
+    cols: int
+    rows: int
+
+
+@dataclass
+class TerminalAck(Message):
+    """The browser has shown ``bytes`` more of the output, in ``frames`` frames."""
+
+    type: ClassVar[str] = "terminal_ack"
+    session: str
+    bytes: int
+    frames: int = 1
+
+
+@dataclass
+class TerminalClose(Message):
+    type: ClassVar[str] = "terminal_close"
+    session: str
+
+
+@dataclass
+class TerminalEvent(Message):
+    """Agent -> server: a terminal ``opened``, or ``closed`` (with why, and the shell's exit
+    status when it ended by itself)."""
+
+    type: ClassVar[str] = "terminal_event"
+    session: str
+    event: str
+    message: str = ""
+    exit_code: int | None = None
+
+
+@dataclass
 class Error(Message):
     """The server refused a message; the connection stays open."""
 
@@ -240,6 +346,8 @@ COMMAND_KINDS = frozenset(
         "environment_delete",
         "environment_logs",
         "container_remove",
+        "tenant_create",
+        "tenant_reclaim",
     }
 )
 
@@ -253,6 +361,12 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         CommandResult,
         Welcome,
         Command,
+        AccessMap,
+        TerminalOpen,
+        TerminalResize,
+        TerminalAck,
+        TerminalClose,
+        TerminalEvent,
         Error,
     )
 }
@@ -262,6 +376,8 @@ _NESTED = {
     (Heartbeat, "gpus"): GPUSample,
     (Inventory, "containers"): ContainerInfo,
     (EnvironmentRun, "ports"): PortSpec,
+    (AccessMap, "environments"): GatewayAccess,
+    (AccessMap, "tenants"): TenantAccess,
 }
 _LIMITS = {
     (Inventory, "gpus"): MAX_GPUS,
@@ -270,6 +386,12 @@ _LIMITS = {
     (Inventory, "images"): MAX_IMAGES,
     (EnvironmentRun, "gpu_uuids"): MAX_GPUS,
     (EnvironmentRun, "ports"): MAX_PORTS,
+    (Heartbeat, "sessions"): MAX_CONTAINERS,
+    (AccessMap, "environments"): MAX_CONTAINERS,
+    (GatewayAccess, "fingerprints"): MAX_KEYS,
+    (GatewayAccess, "users"): MAX_KEYS,
+    (AccessMap, "tenants"): MAX_CONTAINERS,
+    (TenantAccess, "fingerprints"): MAX_KEYS,
 }
 
 

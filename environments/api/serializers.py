@@ -243,9 +243,25 @@ class PublishedPortSerializer(serializers.Serializer):
     url = serializers.CharField(help_text=_("For web roles (http, jupyter); empty otherwise."))
 
 
+class SSHAccessSerializer(serializers.Serializer):
+    user = serializers.CharField(help_text=_("The SSH user name: the environment's id."))
+    port = serializers.IntegerField(help_text=_("The host's SSH gateway port."))
+    command = serializers.CharField(help_text=_("The ssh command line."))
+    config = serializers.CharField(help_text=_("A block for ~/.ssh/config."))
+    host_key_fingerprint = serializers.CharField(
+        help_text=_("The gateway's host key, as ssh-keygen -l prints it.")
+    )
+    known_hosts = serializers.CharField(
+        help_text=_("A known_hosts line that pins the gateway's host key.")
+    )
+
+
 class ConnectionSerializer(serializers.Serializer):
     host = serializers.CharField(help_text=_("The host's address."))
     reachable = serializers.BooleanField(help_text=_("It runs: the addresses answer."))
+    ssh = SSHAccessSerializer(
+        allow_null=True, help_text=_("SSH through the host's gateway; null if it has none.")
+    )
     ports = PublishedPortSerializer(many=True)
     jupyter_url = serializers.CharField(
         help_text=_("JupyterLab with its token, when its image publishes a Jupyter port.")

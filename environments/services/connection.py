@@ -1,5 +1,6 @@
-"""How to reach a running environment: its published ports as addresses (URLs for web roles)
-and its JupyterLab URL. The SSH gateway adds its command and config block here when it lands."""
+"""How to reach a running environment: SSH through its host's gateway (the command, an
+``~/.ssh/config`` block, the host key to pin), its published ports as addresses (URLs for web
+roles) and its JupyterLab URL."""
 
 from __future__ import annotations
 
@@ -24,11 +25,46 @@ class PublishedPort:
 
 
 @dataclass
+class SSHAccess:
+    user: str  # env-<id>
+    port: int
+    command: str  # ssh -p PORT env-42@host
+    config: str  # an ~/.ssh/config block
+    host_key_fingerprint: str  # SHA256:..., as ssh-keygen -l prints it
+    known_hosts: str  # a known_hosts line pinning the gateway's key
+
+
+@dataclass
 class Connection:
     host: str
     reachable: bool  # running with a container: the addresses answer
+    ssh: SSHAccess | None  # None: the host serves no SSH gateway
     ports: list[PublishedPort]
     jupyter_url: str
+
+
+def ssh_access(environment: Environment, address: str) -> SSHAccess | None:
+    host = environment.host
+    if host is None or not address or not host.ssh_port:
+        return None
+    user = f"env-{environment.pk}"
+    alias = f"remotegpu-{environment.name}"
+    target = address if host.ssh_port == 22 else f"[{address}]:{host.ssh_port}"
+    return SSHAccess(
+        user=user,
+        port=host.ssh_port,
+        command=f"ssh -p {host.ssh_port} {user}@{address}",
+        config="\n".join(
+            [
+                f"Host {alias}",
+                f"    HostName {address}",
+                f"    Port {host.ssh_port}",
+                f"    User {user}",
+            ]
+        ),
+        host_key_fingerprint=host.ssh_host_key_fingerprint,
+        known_hosts=f"{target} {host.ssh_host_key}" if host.ssh_host_key else "",
+    )
 
 
 def environment_connection(environment: Environment) -> Connection:
@@ -52,6 +88,7 @@ def environment_connection(environment: Environment) -> Connection:
     return Connection(
         host=address,
         reachable=environment.status == EnvironmentStatus.RUNNING,
+        ssh=ssh_access(environment, address),
         ports=ports,
         jupyter_url=jupyter_url(environment),
     )

@@ -30,6 +30,7 @@ from remotegpu.core.errors import Conflict, ValidationError
 
 from ..choices import EnvironmentStatus, PlacementStrategy, PortRole, StatusReason
 from ..models import Environment, EnvironmentEvent, GPUAssignment, Image, PortAllocation, Spec
+from .access import environment_access_changed
 from .autostop import auto_stop_validate
 from .images import image_resolve, registry_auth_for
 from .jupyter import jupyter_token, jupyter_token_new, jupyter_wanted
@@ -117,6 +118,7 @@ def environment_transition(
             details={"from": previous, "to": target, "reason": reason},
         )
         environment_notify(environment, event=str(message)[:500])
+        environment_access_changed(environment, previous, target)
     return True
 
 

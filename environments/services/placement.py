@@ -1,9 +1,10 @@
 """Where an environment runs: filter hosts, score them, take GPUs without double-booking.
 
 Filters (ARCHITECTURE.md §5): online and connected, not in maintenance or draining, a container
-runtime present, the region, the spec's host labels, the GPU model, enough free GPUs, vCPUs and
-memory. Scoring: hosts that already hold the image first, then binpack (the fullest host that
-fits) by default or spread (the emptiest) on request.
+runtime present, not held by a whole-machine allocation for another organisation, the region,
+the spec's host labels, the GPU model, enough free GPUs, vCPUs and memory. Scoring: hosts that
+already hold the image first, then binpack (the fullest host that fits) by default or spread
+(the emptiest) on request.
 
 The database, not the scheduler's care, makes double-booking impossible: one open assignment
 per GPU (a partial unique index), GPU rows taken with ``select_for_update(skip_locked=True)``.
@@ -22,11 +23,13 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from machines.choices import GPUHealth, HostStatus
-from machines.models import GPU, Host, Region
+from accounts.models import Organization
+from machines.choices import OPEN_ALLOCATION_STATES, TENANT_PLACEMENT_STATES, GPUHealth, HostStatus
+from machines.models import GPU, Allocation, Host, Region
+from machines.services.allocations import OCCUPANTS_NAMED, host_occupants_source
 from remotegpu.core.errors import Conflict
 
-from ..choices import ACTIVE_STATES, PlacementStrategy
+from ..choices import ACTIVE_STATES, EnvironmentStatus, PlacementStrategy
 from ..models import GIB, Environment, GPUAssignment, Spec
 
 # How many candidate hosts one placement tries before it says there is no capacity.
@@ -47,9 +50,43 @@ def free_gpus(gpu_model: str = "") -> QuerySet[GPU]:
     return queryset.filter(model=gpu_model) if gpu_model else queryset
 
 
-def schedulable_hosts() -> QuerySet[Host]:
-    """Hosts that take new environments: online, connected, with a container runtime."""
-    return Host.objects.filter(status=HostStatus.ONLINE, connected=True).exclude(docker_version="")
+def allocations_holding_for_others(organization_id: int | None, host=None) -> QuerySet[Allocation]:
+    """Open whole-machine allocations that keep environments of ``organization_id`` off their
+    host (``host``, else correlated on ``OuterRef("pk")``, a host): every open one but a
+    provisioning or active one of that organisation. A scheduled one already holds the host
+    (nothing placed meanwhile would leave when it starts), and a reclaiming one until its host
+    is clean. With no organisation, every open allocation holds its host."""
+    return Allocation.objects.filter(
+        host=OuterRef("pk") if host is None else host, status__in=OPEN_ALLOCATION_STATES
+    ).exclude(status__in=TENANT_PLACEMENT_STATES, organization_id=organization_id)
+
+
+def schedulable_hosts(organization_id: int | None = None) -> QuerySet[Host]:
+    """Hosts that take new environments (of ``organization_id``): online, connected, with a
+    container runtime, not held by a whole-machine allocation for anyone else."""
+    return (
+        Host.objects.filter(status=HostStatus.ONLINE, connected=True)
+        .exclude(docker_version="")
+        .exclude(Exists(allocations_holding_for_others(organization_id)))
+    )
+
+
+# Environments that are gone from their host: deleted, or failed (no container, no GPUs).
+GONE_STATES = frozenset({EnvironmentStatus.DELETED, EnvironmentStatus.FAILED})
+
+
+@host_occupants_source
+def environments_of_others_on(host: Host, organization: Organization) -> list[str]:
+    """Environments of organisations other than ``organization`` still on ``host``: a
+    whole-machine allocation of ``host`` to ``organization`` waits until they are gone."""
+    rows = (
+        Environment.objects.filter(host=host)
+        .exclude(organization=organization)
+        .exclude(status__in=GONE_STATES)
+        .order_by("pk")
+        .values_list("name", "organization__name")[:OCCUPANTS_NAMED]
+    )
+    return [f"{name} ({organization_name})" for name, organization_name in rows]
 
 
 # One statement for the whole fleet: healthy GPUs (per-host counts kept by a trigger), open
@@ -69,6 +106,14 @@ WITH healthy AS (
     FROM environments_gpuassignment a JOIN machines_gpu g ON g.id = a.gpu_id
     WHERE a.released_at IS NULL AND g.health = 'ok' AND (%(model)s = '' OR g.model = %(model)s)
     GROUP BY g.host_id
+), held AS (
+    -- Hosts a whole-machine allocation keeps for another organisation (or being reclaimed,
+    -- or not started yet): see allocations_holding_for_others.
+    SELECT DISTINCT al.host_id
+    FROM machines_allocation al
+    WHERE al.status = ANY(%(allocation_open)s)
+      AND NOT (al.status = ANY(%(allocation_tenant)s)
+               AND al.organization_id IS NOT DISTINCT FROM %(organization)s::bigint)
 ), reserved AS (
     SELECT e.host_id, sum(s.vcpu) AS vcpu, sum(s.memory_gib)::bigint * 1073741824 AS memory
     FROM environments_environment e JOIN environments_spec s ON s.id = e.spec_id
@@ -85,6 +130,7 @@ LEFT JOIN healthy f ON f.host_id = h.id
 LEFT JOIN taken t ON t.host_id = h.id
 LEFT JOIN reserved r ON r.host_id = h.id
 WHERE h.status = 'online' AND h.connected AND h.docker_version <> ''
+  AND NOT EXISTS (SELECT 1 FROM held WHERE held.host_id = h.id)
   AND (%(only_host)s::bigint IS NULL OR h.id = %(only_host)s::bigint)
   AND (%(region)s::bigint IS NULL OR h.region_id = %(region)s::bigint)
   AND h.labels @> %(labels)s::jsonb
@@ -118,11 +164,14 @@ def host_capacity_rows(
     image_reference: str = "",
     strategy: str = PlacementStrategy.BINPACK,
     only_host_id: int | None = None,
+    organization_id: int | None = None,
     limit: int | None = None,
 ) -> list[HostCapacity]:
     """Schedulable hosts with ``gpus`` free GPUs (of ``gpu_model``; any with ""), ``vcpu``
     vCPUs and ``memory`` bytes free, best first: hosts holding the image, then binpack (fewest
-    free GPUs) or spread (most)."""
+    free GPUs) or spread (most). A host a whole-machine allocation holds is offered only to
+    ``organization_id``, while that allocation is provisioning or active; with no organisation,
+    to nobody."""
     gpu_order = "ASC" if strategy == PlacementStrategy.BINPACK else "DESC"
     params = {
         "model": gpu_model,
@@ -130,6 +179,9 @@ def host_capacity_rows(
         # A JSON array no host's list contains when no image is asked for.
         "image": json.dumps([image_reference] if image_reference else [None]),
         "only_host": only_host_id,
+        "organization": organization_id,
+        "allocation_open": sorted(OPEN_ALLOCATION_STATES),
+        "allocation_tenant": sorted(TENANT_PLACEMENT_STATES),
         "region": region_id,
         "labels": json.dumps(labels or {}),
         "gpus": gpus,
@@ -161,9 +213,10 @@ def candidate_hosts(
     image_reference: str = "",
     strategy: str = PlacementStrategy.BINPACK,
     only_host: Host | None = None,
+    organization: Organization | None = None,
     limit: int = MAX_HOSTS_TRIED,
 ) -> list[Host]:
-    """The hosts a placement tries, best first."""
+    """The hosts a placement for ``organization`` tries, best first."""
     rows = host_capacity_rows(
         gpu_model=spec.gpu_model if gpu_count else "",
         gpus=gpu_count,
@@ -174,6 +227,7 @@ def candidate_hosts(
         image_reference=image_reference,
         strategy=strategy,
         only_host_id=only_host.pk if only_host is not None else None,
+        organization_id=organization.pk if organization is not None else None,
         limit=limit,
     )
     hosts = Host.objects.in_bulk([row.host_id for row in rows])
@@ -206,11 +260,14 @@ def _take_gpus(environment: Environment, host: Host, count: int, gpu_model: str)
     return gpus
 
 
-def _fits(host: Host, spec: Spec) -> bool:
-    """Re-check vCPUs and memory under the host's row lock (placements on one host queue here,
-    briefly, so two of them never both take its last cores)."""
+def _fits(host: Host, spec: Spec, organization_id: int) -> bool:
+    """Re-check vCPUs, memory and whole-machine allocations under the host's row lock
+    (placements and allocations of one host queue here, briefly, so two placements never both
+    take its last cores, and an allocation made meanwhile is seen)."""
     locked = Host.objects.select_for_update().filter(pk=host.pk).values("cpu_cores", "memory_total")
     capacity = locked.get()
+    if allocations_holding_for_others(organization_id, host).exists():
+        return False
     reserved = Environment.objects.filter(host=host, status__in=ACTIVE_STATES).aggregate(
         vcpu=Coalesce(Sum("spec__vcpu"), 0), memory_gib=Coalesce(Sum("spec__memory_gib"), 0)
     )
@@ -236,6 +293,7 @@ def place(
         image_reference=environment.image_reference,
         strategy=environment.strategy,
         only_host=only_host,
+        organization=environment.organization,
     )
     for host in candidates:
         try:
@@ -243,14 +301,18 @@ def place(
                 gpus = _take_gpus(environment, host, gpu_count, spec.gpu_model)
                 if gpu_count and not gpus:
                     continue
-                if not _fits(host, spec):
+                if not _fits(host, spec, environment.organization_id):
                     raise _Retry
                 return Placement(host=host, gpus=gpus)
         except (IntegrityError, _Retry):
             # Another placement committed an assignment for one of these GPUs between our
             # snapshot and our lock, or took the host's last cores: try the next host.
             continue
-    raise NoCapacity(no_capacity_message(spec, gpu_count, environment.region, only_host))
+    raise NoCapacity(
+        no_capacity_message(
+            spec, gpu_count, environment.region, only_host, environment.organization_id
+        )
+    )
 
 
 class _Retry(Exception):
@@ -258,10 +320,26 @@ class _Retry(Exception):
 
 
 def no_capacity_message(
-    spec: Spec, gpu_count: int, region: Region | None, only_host: Host | None = None
+    spec: Spec,
+    gpu_count: int,
+    region: Region | None,
+    only_host: Host | None = None,
+    organization_id: int | None = None,
 ) -> str:
     """Say what is missing and what is free instead (another region, another GPU model)."""
     if only_host is not None:
+        held = (
+            allocations_holding_for_others(organization_id, only_host).order_by("ends_at").first()
+        )
+        if held is not None:
+            return _(
+                "Its host %(host)s is held by a whole-machine allocation (%(status)s, until "
+                "%(end)s): nothing else starts there meanwhile."
+            ) % {
+                "host": only_host.name,
+                "status": held.get_status_display(),
+                "end": timezone.localtime(held.ends_at).strftime("%Y-%m-%d %H:%M %Z"),
+            }
         return _(
             "Its host %(host)s has no %(count)d free GPU(s) for it now. Wait for them, or "
             "start it without GPU."
@@ -275,7 +353,7 @@ def no_capacity_message(
         }
     free = (
         free_gpus()
-        .filter(host__in=schedulable_hosts())
+        .filter(host__in=schedulable_hosts(organization_id))
         .values("model", "host__region__name")
         .annotate(count=Count("pk"))
         .order_by("-count")

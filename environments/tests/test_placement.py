@@ -1,20 +1,36 @@
 """Placement: filters, scoring, and no double-booking under concurrency."""
 
 import threading
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from accounts.choices import Role
-from accounts.tests.factories import MembershipFactory
-from environments.choices import PlacementStrategy
+from accounts.tests.factories import MembershipFactory, OrganizationFactory
+from environments.choices import EnvironmentStatus, PlacementStrategy
 from environments.models import Environment, GPUAssignment
-from environments.services.lifecycle import environment_create
-from environments.services.placement import NoCapacity, candidate_hosts
-from machines.choices import GPUHealth, HostStatus
-from machines.tests.factories import GPUFactory, RegionFactory
+from environments.services.lifecycle import environment_create, environment_start
+from environments.services.placement import (
+    NoCapacity,
+    _fits,
+    candidate_hosts,
+    schedulable_hosts,
+)
+from machines.choices import AllocationStatus, GPUHealth, HostStatus
+from machines.services.allocations import allocation_create
+from machines.tests.factories import AllocationFactory, GPUFactory, RegionFactory
+from remotegpu.core.errors import ValidationError
 
-from .factories import GPU_MODEL, DockerHostFactory, ImageFactory, SpecFactory, host_with_gpus
+from .factories import (
+    GPU_MODEL,
+    DockerHostFactory,
+    EnvironmentFactory,
+    ImageFactory,
+    SpecFactory,
+    host_with_gpus,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -138,3 +154,105 @@ def test_32_concurrent_creates_for_the_last_free_gpu_get_exactly_one():
     assert sorted(outcomes) == [201] + [409] * 31
     assert Environment.objects.count() == 1
     assert GPUAssignment.objects.filter(released_at__isnull=True).count() == 1
+
+
+# Whole-machine allocations ------------------------------------------------------------------
+
+
+def _offered(spec, organization) -> list:
+    return candidate_hosts(spec=spec, gpu_count=1, region=None, organization=organization)
+
+
+@pytest.mark.parametrize(
+    ("status", "tenant_gets_it"),
+    [
+        (AllocationStatus.ACTIVE, True),
+        (AllocationStatus.PROVISIONING, True),
+        (AllocationStatus.SCHEDULED, False),  # held already: nothing placed would leave
+        (AllocationStatus.RECLAIMING, False),  # being wiped
+    ],
+)
+def test_an_allocated_host_is_offered_to_its_organisation_only(status, tenant_gets_it):
+    allocated, shared = host_with_gpus(4), host_with_gpus(4)
+    tenant, other = OrganizationFactory(), OrganizationFactory()
+    AllocationFactory(host=allocated, organization=tenant, status=status)
+    spec = SpecFactory()
+    assert set(_offered(spec, other)) == {shared}
+    assert set(_offered(spec, None)) == {shared}
+    assert set(_offered(spec, tenant)) == ({allocated, shared} if tenant_gets_it else {shared})
+    assert set(schedulable_hosts(other.pk)) == {shared}
+    assert (allocated in set(schedulable_hosts(tenant.pk))) is tenant_gets_it
+
+
+@pytest.mark.parametrize("status", [AllocationStatus.RECLAIMED, AllocationStatus.FAILED])
+def test_an_ended_allocation_returns_the_host_to_the_pool(status):
+    host = host_with_gpus(4)
+    AllocationFactory(host=host, status=status)
+    assert _offered(SpecFactory(), OrganizationFactory()) == [host]
+
+
+def test_environments_of_others_are_not_placed_on_an_allocated_host():
+    host = host_with_gpus(4)
+    tenant = MembershipFactory(role=Role.OWNER)
+    other = MembershipFactory(role=Role.OWNER)
+    AllocationFactory(host=host, organization=tenant.organization)
+    spec, image = SpecFactory(), ImageFactory()
+    with pytest.raises(NoCapacity):
+        environment_create(
+            user=other.user, organization=other.organization, name="o", spec=spec, image=image
+        )
+    placed = environment_create(
+        user=tenant.user, organization=tenant.organization, name="t", spec=spec, image=image
+    )
+    assert placed.host == host
+
+
+def test_a_stopped_environment_of_another_organisation_waits_for_the_allocation_to_end():
+    host = host_with_gpus(2)
+    owner = MembershipFactory(role=Role.OWNER)
+    environment = EnvironmentFactory(
+        organization=owner.organization,
+        host=host,
+        status=EnvironmentStatus.STOPPED,
+        spec=SpecFactory(vcpu=1, memory_gib=1),
+    )
+    AllocationFactory(host=host)
+    with pytest.raises(NoCapacity) as refused:
+        environment_start(user=owner.user, environment=environment)
+    assert "whole-machine allocation" in str(refused.value.message)
+
+
+def test_an_allocation_made_after_the_candidates_were_listed_is_seen_under_the_lock():
+    host = host_with_gpus(1)
+    spec = SpecFactory()
+    other = OrganizationFactory()
+    assert _offered(spec, other) == [host]
+    AllocationFactory(host=host)
+    assert not _fits(host, spec, other.pk)
+
+
+def _allocate(operator, host, organization):
+    now = timezone.now()
+    return allocation_create(
+        actor=operator,
+        host=host,
+        organization=organization,
+        starts_at=now + timedelta(hours=1),
+        ends_at=now + timedelta(days=1),
+    )
+
+
+def test_a_host_with_other_organisations_environments_cannot_be_allocated(operator):
+    host = host_with_gpus(2)
+    tenant = OrganizationFactory()
+    for status in (EnvironmentStatus.DELETED, EnvironmentStatus.FAILED):
+        EnvironmentFactory(host=host, status=status)  # gone: they hold nothing
+    EnvironmentFactory(host=host, organization=tenant, status=EnvironmentStatus.RUNNING)
+    stopped = EnvironmentFactory(host=host, status=EnvironmentStatus.STOPPED, name="their-env")
+    with pytest.raises(ValidationError) as refused:
+        _allocate(operator, host, tenant)
+    assert set(refused.value.fields) == {"host"}
+    assert "their-env" in str(refused.value.message)
+    stopped.status = EnvironmentStatus.DELETED
+    stopped.save()
+    assert _allocate(operator, host, tenant).status == AllocationStatus.SCHEDULED

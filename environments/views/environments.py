@@ -24,6 +24,7 @@ from ..choices import EnvironmentStatus
 from ..filters import EnvironmentFilter
 from ..forms import EnvironmentAutoStopForm, EnvironmentCreateForm, EnvironmentStartForm
 from ..services import autostop, lifecycle
+from ..services.access import environment_may_open
 from ..services.connection import environment_connection
 
 
@@ -180,3 +181,18 @@ class EnvironmentDeleteView(EnvironmentActionView):
         if obj.status == EnvironmentStatus.DELETING or obj.status == EnvironmentStatus.DELETED:
             return reverse("environments:environment_list")
         return obj.get_absolute_url()
+
+
+class EnvironmentTerminalView(ScopedDetailView):
+    """A web terminal (xterm.js) on the environment; the socket checks who may open it."""
+
+    template_name = "environments/environment_terminal.html"
+    context_object_name = "environment"
+
+    def scoped_queryset(self):
+        return selectors.environment_list_for_user(self.request.user)
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["may_open"] = environment_may_open(self.object, self.request.user)
+        return context

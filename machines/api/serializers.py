@@ -1,8 +1,12 @@
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..choices import CommandKind
-from ..models import GPU, AgentCommand, Alert, AlertRule, Host, JoinToken, Region
+from accounts.models import Organization
+
+from ..choices import CommandKind, GPUHealth
+from ..models import GPU, AgentCommand, Alert, AlertRule, Allocation, Host, JoinToken, Region
+from ..services.allocations import allocation_connection
 
 
 class RegionSerializer(serializers.ModelSerializer):
@@ -354,3 +358,89 @@ class AlertSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+
+
+# Whole-machine allocations -----------------------------------------------------------------
+
+
+class AllocationHostSerializer(serializers.ModelSerializer):
+    region = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Host
+        fields = ["id", "name", "address", "region", "cpu_model", "cpu_cores", "memory_total"]
+        read_only_fields = fields
+
+
+class AllocationGPUSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GPU
+        fields = ["index", "uuid", "model", "memory_total", "health"]
+        read_only_fields = fields
+
+
+class AllocationConnectionSerializer(serializers.Serializer):
+    available = serializers.BooleanField(
+        help_text=_("The allocation is active and the host's SSH gateway serves.")
+    )
+    user = serializers.CharField(help_text=_("The tenant's account on the host."))
+    address = serializers.CharField()
+    port = serializers.IntegerField(
+        help_text=_("The SSH gateway's port; 0 while it does not serve.")
+    )
+    host_key_fingerprint = serializers.CharField()
+    ssh_command = serializers.CharField()
+    ssh_config = serializers.CharField(help_text=_("A block for ~/.ssh/config."))
+
+
+class AllocationSerializer(serializers.ModelSerializer):
+    host = AllocationHostSerializer(read_only=True)
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    gpus = serializers.SerializerMethodField()
+    connection = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Allocation
+        fields = [
+            "id",
+            "host",
+            "organization",
+            "starts_at",
+            "ends_at",
+            "status",
+            "status_message",
+            "tenant_user",
+            "gpus",
+            "connection",
+            "activated_at",
+            "reclaim_reason",
+            "reclaim_requested_at",
+            "reclaim_report",
+            "reclaimed_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(AllocationGPUSerializer(many=True))
+    def get_gpus(self, allocation):
+        gpus = getattr(allocation.host, "gpu_list", None)
+        if gpus is None:
+            gpus = allocation.host.gpus.exclude(health=GPUHealth.LOST).order_by("index", "uuid")
+        return AllocationGPUSerializer(gpus, many=True).data
+
+    @extend_schema_field(AllocationConnectionSerializer)
+    def get_connection(self, allocation):
+        return AllocationConnectionSerializer(allocation_connection(allocation)).data
+
+
+class AllocationCreateSerializer(serializers.Serializer):
+    host = serializers.PrimaryKeyRelatedField(queryset=Host.objects.all())
+    organization = serializers.SlugRelatedField(
+        slug_field="slug", queryset=Organization.objects.all()
+    )
+    starts_at = serializers.DateTimeField(help_text=_("Now or later; it is activated then."))
+    ends_at = serializers.DateTimeField(help_text=_("It is reclaimed then."))
+
+
+class AllocationReclaimSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=200)

@@ -12,6 +12,7 @@ router.register("host-commands", views.AgentCommandViewSet, basename="host-comma
 router.register("join-tokens", views.JoinTokenViewSet, basename="join-token")
 router.register("alerts", views.AlertViewSet, basename="alert")
 router.register("alert-rules", views.AlertRuleViewSet, basename="alert-rule")
+router.register("allocations", views.AllocationViewSet, basename="allocation")
 
 urlpatterns = [
     path("agent/join/", views.AgentJoinView.as_view(), name="agent-join"),

@@ -1,5 +1,6 @@
-"""API of the fleet. Operators only, except regions (readable by everyone signed in) and the
-agent's join endpoint (authenticated by the join token in its body)."""
+"""API of the fleet. Operators only, except regions (readable by everyone signed in), the agent's
+join endpoint (authenticated by the join token in its body) and whole-machine allocations (their
+organisation's members read them)."""
 
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
@@ -22,8 +23,9 @@ from remotegpu.core.api.views import (
 from .. import selectors
 from ..choices import HostStatus
 from ..links import agent_websocket_url, join_command
-from ..models import GPU, AgentCommand, Alert, AlertRule, Host, JoinToken, Region
+from ..models import GPU, AgentCommand, Alert, AlertRule, Allocation, Host, JoinToken, Region
 from ..services import alerts as alert_services
+from ..services import allocations as allocation_services
 from ..services import commands as command_services
 from ..services import hosts as host_services
 from ..services import imports as import_services
@@ -360,3 +362,53 @@ class AlertRuleViewSet(
 
     def perform_destroy(self, instance):
         alert_services.alert_rule_delete(operator=self.request.user, rule=instance)
+
+
+class AllocationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ScopedGenericViewSet):
+    """Whole-machine allocations: a host, all its GPUs, lent to one organisation for a time
+    range. Members read their organisations' (with how to connect); operators read every one,
+    allocate hosts and reclaim them."""
+
+    serializer_class = serializers.AllocationSerializer
+    queryset = Allocation.objects.none()
+    permission_classes = [permissions.IsAuthenticated, TokenWritePermission, ReadAnyWriteOperator]
+    filterset_fields = ["status", "host__name", "organization__slug"]
+    ordering_fields = ["starts_at", "ends_at", "created_at"]
+
+    def scoped_queryset(self):
+        return selectors.allocation_list_for_user(self.request.user)
+
+    def _output(self, allocation, status_code):
+        allocation = self.get_queryset().get(pk=allocation.pk)
+        return Response(self.get_serializer(allocation).data, status=status_code)
+
+    @extend_schema(
+        request=serializers.AllocationCreateSerializer,
+        responses={201: serializers.AllocationSerializer},
+    )
+    def create(self, request):
+        """Allocate a host to an organisation (operators). A start that has come activates it
+        at once: the host makes the tenant's account."""
+        data = serializers.AllocationCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        allocation = allocation_services.allocation_create(
+            actor=request.user, **data.validated_data
+        )
+        return self._output(allocation, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=serializers.AllocationReclaimSerializer,
+        responses={202: serializers.AllocationSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def reclaim(self, request, pk=None):
+        """Reclaim the host now (operators): the organisation's containers, volumes, processes,
+        account and files on it are removed and the removal checked; the report lands in
+        ``reclaim_report``."""
+        allocation = self.get_object()
+        data = serializers.AllocationReclaimSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        allocation = allocation_services.allocation_reclaim(
+            actor=request.user, allocation=allocation, reason=data.validated_data["reason"]
+        )
+        return self._output(allocation, status.HTTP_202_ACCEPTED)

@@ -13,6 +13,7 @@ from remotegpu_agent import protocol
 
 from ..services import commands as command_services
 from ..services import hosts as host_services
+from ..services.gateway import gateway_sessions_seen, host_access_map
 from ..services.heartbeats import batcher, heartbeat_check
 from ..services.join import credential_authenticate
 from ..services.realtime import CLOSE_CREDENTIAL_INVALID, CLOSE_CREDENTIAL_REVOKED, agent_group
@@ -37,14 +38,18 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     The agent authenticates with ``Authorization: Bearer rhc_...`` at the handshake; an invalid
     or revoked credential is refused before accept (the client sees HTTP 403). The server then
-    sends ``welcome`` and every open command; the agent sends ``inventory``, ``heartbeat``,
-    ``command_ack``, ``command_progress`` and ``command_result``. A malformed, oversized or
-    unknown message is answered with ``error`` and logged; it never closes the socket or
-    crashes the server.
+    sends ``welcome``, the SSH gateway's ``access_map`` and every open command; the agent sends
+    ``inventory``, ``heartbeat``, ``command_ack``, ``command_progress`` and ``command_result``.
+    A malformed, oversized or unknown message is answered with ``error`` and logged; it never
+    closes the socket or crashes the server.
     Revoking the credential closes the socket with 4403 (group event ``agent.disconnect``).
     """
 
     host = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.terminals: dict[str, str] = {}  # web terminal session -> its browser's channel
 
     async def connect(self):
         self.bearer = _bearer(self.scope)
@@ -66,6 +71,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 heartbeat_interval=self.host.heartbeat_interval,
             )
         )
+        await self._send_access_map()
         await self._send_commands()
 
     async def dispatch(self, message):
@@ -78,6 +84,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     async def disconnect(self, code):
+        for session, reply in list(self.terminals.items()):
+            await self._terminal_closed(session, reply, "the host's agent went away")
         if self.host is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
             await database_sync_to_async(host_services.host_disconnected)(
@@ -85,6 +93,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
             )
 
     async def receive(self, text_data=None, bytes_data=None):
+        if bytes_data is not None:
+            framed = protocol.terminal_unframe(bytes_data)
+            if framed is not None:  # a web terminal's output: to its browser, as it is
+                reply = self.terminals.get(framed[0])
+                if reply is not None:
+                    await self.channel_layer.send(
+                        reply, {"type": "terminal.output", "data": framed[1]}
+                    )
+                return
         raw = text_data if text_data is not None else bytes_data
         try:
             message = protocol.parse(raw or "")
@@ -98,6 +115,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             protocol.CommandAck: self._on_ack,
             protocol.CommandResult: self._on_result,
             protocol.CommandProgress: self._on_progress,
+            protocol.TerminalEvent: self._on_terminal_event,
         }.get(type(message))
         if handler is None:
             reason = f"{message.type} is not an agent message"
@@ -112,7 +130,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _on_heartbeat(self, message):
         heartbeat_check(message)  # refused here, not when it would fail everyone's batch
-        batcher.add(self.host.pk, message, timezone.now())
+        now = timezone.now()
+        batcher.add(self.host.pk, message, now)
+        if message.sessions:
+            await database_sync_to_async(gateway_sessions_seen)(self.host.pk, message.sessions, now)
         if time.monotonic() >= self.resync_at:
             await self._resync()
 
@@ -129,6 +150,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         await self.channel_layer.group_add(self.group, self.channel_name)
         await database_sync_to_async(host_services.host_connected)(self.host, self.channel_name)
+        await self._send_access_map()
         await self._send_commands(unsent_only=True)
 
     async def _on_inventory(self, message):
@@ -153,8 +175,33 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self.host.pk, message.command_id, message.progress
         )
 
+    async def _on_terminal_event(self, message):
+        reply = self.terminals.get(message.session)
+        if reply is None:
+            return
+        if message.event == "closed":
+            self.terminals.pop(message.session, None)
+        await self.channel_layer.send(
+            reply,
+            {
+                "type": "terminal.event",
+                "event": message.event,
+                "message": message.message[:500],
+                "exit_code": message.exit_code,
+            },
+        )
+
+    async def _terminal_closed(self, session: str, reply: str, why: str):
+        self.terminals.pop(session, None)
+        await self.channel_layer.send(
+            reply, {"type": "terminal.event", "event": "closed", "message": why}
+        )
+
     async def _send(self, message):
         await self.send(text_data=protocol.dump(message))
+
+    async def _send_access_map(self):
+        await self._send(await database_sync_to_async(host_access_map)(self.host.pk))
 
     async def _send_commands(self, command_id: str | None = None, *, unsent_only: bool = False):
         commands = await database_sync_to_async(command_services.command_list_to_send)(
@@ -190,6 +237,49 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(command_services.command_mark_sent)(
             self.host.pk, [event["command_id"]]
         )
+
+    async def agent_access(self, event):
+        """Who may open what through the host's SSH gateway changed: send the whole map."""
+        await self._send_access_map()
+
+    # Web terminals: the browser's consumer asks, this socket carries it to the agent.
+
+    async def agent_terminal_open(self, event):
+        self.terminals[event["session"]] = event["reply"]
+        await self._send(
+            protocol.TerminalOpen(
+                session=event["session"],
+                environment_id=event["environment_id"],
+                container=event["container"],
+                user=event["user"],
+                cols=event["cols"],
+                rows=event["rows"],
+            )
+        )
+
+    async def agent_terminal_input(self, event):
+        if event["session"] in self.terminals:
+            await self.send(bytes_data=protocol.terminal_frame(event["session"], event["data"]))
+
+    async def agent_terminal_resize(self, event):
+        if event["session"] in self.terminals:
+            await self._send(
+                protocol.TerminalResize(
+                    session=event["session"], cols=event["cols"], rows=event["rows"]
+                )
+            )
+
+    async def agent_terminal_ack(self, event):
+        if event["session"] in self.terminals:
+            await self._send(
+                protocol.TerminalAck(
+                    session=event["session"], bytes=event["bytes"], frames=event["frames"]
+                )
+            )
+
+    async def agent_terminal_close(self, event):
+        if self.terminals.pop(event["session"], None) is not None:
+            await self._send(protocol.TerminalClose(session=event["session"]))
 
     async def agent_disconnect(self, event):
         await self.close(code=event.get("code", CLOSE_CREDENTIAL_REVOKED))

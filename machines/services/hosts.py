@@ -26,6 +26,7 @@ from remotegpu_agent import protocol
 from accounts.choices import AuditAction
 from accounts.models import User
 from accounts.services.audit import audit_record
+from accounts.services.ssh_keys import ssh_key_parse
 from accounts.services.users import user_require_operator
 from remotegpu.core.errors import ValidationError
 
@@ -117,6 +118,23 @@ def _check_range(name: str, value: int, maximum: int = 2**63 - 1) -> None:
 
 
 @transaction.atomic
+def _gateway_fields(inventory) -> dict:
+    """The SSH gateway's port and host key, with the key's fingerprint (``ssh-keygen -l``)."""
+    if not 0 <= inventory.ssh_port <= 65535:
+        raise protocol.ProtocolError(f"inventory.ssh_port: {inventory.ssh_port} is out of range")
+    if not inventory.ssh_port or not inventory.ssh_host_key:
+        return {"ssh_port": 0, "ssh_host_key": "", "ssh_host_key_fingerprint": ""}
+    try:
+        parsed = ssh_key_parse(inventory.ssh_host_key[:1000])
+    except ValidationError as exc:
+        raise protocol.ProtocolError(f"inventory.ssh_host_key: {exc.message}") from exc
+    return {
+        "ssh_port": inventory.ssh_port,
+        "ssh_host_key": parsed.openssh,
+        "ssh_host_key_fingerprint": parsed.fingerprint,
+    }
+
+
 def host_apply_inventory(host: Host, inventory) -> None:
     """Store what the agent says the host is, and its GPUs by UUID; GPUs gone are marked lost.
 
@@ -149,6 +167,7 @@ def host_apply_inventory(host: Host, inventory) -> None:
         containers=[asdict(container) for container in inventory.containers],
         containers_known=inventory.containers_known,
         images=list(inventory.images),
+        **_gateway_fields(inventory),
         last_seen_at=timezone.now(),
     )
     uuids = [info.uuid[:100] for info in inventory.gpus]

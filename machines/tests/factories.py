@@ -8,9 +8,9 @@ from datetime import timedelta
 import factory
 from django.utils import timezone
 
-from accounts.tests.factories import OperatorFactory
-from machines.choices import CommandKind, GPUHealth, HostStatus
-from machines.models import GPU, AgentCommand, Host, Region
+from accounts.tests.factories import OperatorFactory, OrganizationFactory
+from machines.choices import AllocationStatus, CommandKind, GPUHealth, HostStatus
+from machines.models import GPU, AgentCommand, Allocation, Host, Region
 from machines.services.join import IssuedJoinToken, JoinedHost, host_join, join_token_create
 
 GIB = 1024**3
@@ -39,6 +39,17 @@ class HostFactory(factory.django.DjangoModelFactory):
     cpu_cores = 64
     memory_total = 512 * GIB
     disk_total = 4000 * GIB
+
+
+class RuntimeHostFactory(HostFactory):
+    """A host whose agent drives a Docker Engine and serves its SSH gateway: it can be
+    allocated as a whole machine."""
+
+    docker_version = "20.10.24"
+    gpu_backend = "fake"
+    containers_known = True
+    ssh_port = 2222
+    ssh_host_key_fingerprint = "SHA256:mI3i9d6jvXrYc3JfXn7mG2oFQh8rHk1s5bW2ZcQ0aPc"
 
 
 class GPUFactory(factory.django.DjangoModelFactory):
@@ -77,3 +88,17 @@ def host_joined(name: str = "joined-host", **token_kwargs) -> JoinedHost:
     """A host that joined with a fresh join token; its credential is in ``.credential``."""
     issued = join_token_issue(**token_kwargs)
     return host_join(token=issued.plaintext, name=name)
+
+
+class AllocationFactory(factory.django.DjangoModelFactory):
+    """An active allocation as a row (no command sent): for lists, access checks, results."""
+
+    class Meta:
+        model = Allocation
+
+    host = factory.SubFactory(RuntimeHostFactory)
+    organization = factory.SubFactory(OrganizationFactory)
+    starts_at = factory.LazyFunction(lambda: timezone.now() - timedelta(hours=1))
+    ends_at = factory.LazyFunction(lambda: timezone.now() + timedelta(days=2))
+    status = AllocationStatus.ACTIVE
+    tenant_user = factory.Sequence(lambda n: f"rgt{900000 + n}")

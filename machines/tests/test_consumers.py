@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import transaction
 from django.utils import timezone
@@ -27,6 +28,7 @@ from machines.services import join as join_services
 from machines.services.commands import command_create
 from machines.services.heartbeats import batcher
 from machines.services.hosts import host_set_status
+from machines.services.realtime import agent_group
 from remotegpu.asgi import application
 
 from .factories import GIB, AgentCommandFactory, GPUFactory, host_joined, join_token_issue
@@ -100,6 +102,9 @@ async def _connected(credential: str) -> tuple[Agent, protocol.Welcome]:
     assert connected
     welcome = await agent.receive()
     assert isinstance(welcome, protocol.Welcome)
+    access = await agent.receive()  # the SSH gateway's map comes next, before any command
+    assert isinstance(access, protocol.AccessMap)
+    agent.access_map = access
     return agent, welcome
 
 
@@ -210,7 +215,8 @@ def _retired(joined):
         lambda joined: None,
         lambda joined: "",
         lambda joined: "rhc_garbage",
-        lambda joined: joined.credential[:-1] + "x",
+        # Another last character (one time in 64 the last one is "x" already).
+        lambda joined: joined.credential[:-1] + ("y" if joined.credential.endswith("x") else "x"),
         lambda joined: token_create(user=OperatorFactory(), name="api").plaintext,
         lambda joined: join_token_issue().plaintext,
         _revoked,
@@ -675,3 +681,117 @@ def test_a_host_cannot_touch_another_hosts_rows():
     assert GPUSample.objects.filter(gpu__uuid="GPU-intruder").count() == 1
     assert HostSample.objects.filter(host=intruder.host).count() == 1
     assert AgentCommand.objects.filter(host=victim.host, status=CommandStatus.PENDING).count() == 1
+
+
+# The SSH gateway and web terminals ----------------------------------------------------------
+
+
+def test_the_access_map_follows_welcome_and_an_access_event(monkeypatch):
+    from machines.services import gateway
+
+    joined = host_joined()
+    entry = protocol.GatewayAccess(environment_id=7, container="c", fingerprints=["SHA256:x"])
+    monkeypatch.setattr(gateway, "_providers", [lambda host_id: [entry]])
+
+    async def scenario():
+        agent, _ = await _connected(joined.credential)
+        first = agent.access_map
+        await get_channel_layer().group_send(agent_group(joined.host.pk), {"type": "agent.access"})
+        again = await agent.receive()
+        await agent.close()
+        return first, again
+
+    first, again = _run(scenario)
+    assert first.environments == [entry]
+    assert isinstance(again, protocol.AccessMap)
+    assert again.environments == [entry]
+
+
+def test_inventory_carries_the_gateway_and_heartbeats_its_sessions():
+    joined = host_joined()
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+    async def scenario():
+        agent, _ = await _connected(joined.credential)
+        inventory = _inventory("GPU-1")
+        inventory.ssh_port, inventory.ssh_host_key = 2222, key + " gateway"
+        await agent.send(inventory)
+        heartbeat = _heartbeat(T0, "GPU-1")
+        heartbeat.sessions = ["12", "13", "not-a-number"]
+        await agent.send(heartbeat)
+        await agent.settle()
+        await agent.close()
+
+    _run(scenario)
+    host = Host.objects.get(pk=joined.host.pk)
+    assert (host.ssh_port, host.ssh_host_key) == (2222, key)
+    assert host.ssh_host_key_fingerprint.startswith("SHA256:")
+    assert host.session_environments == [12, 13]
+    assert host.sessions_seen_at is not None
+
+
+def test_an_inventory_with_a_bad_host_key_is_refused():
+    joined = host_joined()
+
+    async def scenario():
+        agent, _ = await _connected(joined.credential)
+        inventory = _inventory("GPU-1")
+        inventory.ssh_port, inventory.ssh_host_key = 2222, "not a key"
+        await agent.send(inventory)
+        reply = await agent.receive()
+        await agent.close()
+        return reply
+
+    reply = _run(scenario)
+    assert isinstance(reply, protocol.Error)
+    assert "ssh_host_key" in reply.reason
+
+
+def test_terminal_traffic_is_relayed_both_ways():
+    joined = host_joined()
+    session = "ab" * 16
+
+    async def scenario():
+        layer = get_channel_layer()
+        browser = await layer.new_channel()
+        agent, _ = await _connected(joined.credential)
+        group = agent_group(joined.host.pk)
+        await layer.group_send(
+            group,
+            {
+                "type": "agent.terminal.open",
+                "session": session,
+                "environment_id": 5,
+                "container": "c",
+                "user": "9",
+                "cols": 80,
+                "rows": 24,
+                "reply": browser,
+            },
+        )
+        opened = await agent.receive()
+        await layer.group_send(
+            group, {"type": "agent.terminal.input", "session": session, "data": b"ls\r"}
+        )
+        typed = await agent.communicator.receive_from(timeout=TIMEOUT)
+        # Output for a session this socket does not carry goes nowhere.
+        await agent.send_raw(data=protocol.terminal_frame("cd" * 16, b"stray"))
+        await agent.send_raw(data=protocol.terminal_frame(session, b"out"))
+        output = await layer.receive(browser)
+        await agent.send(protocol.TerminalEvent(session=session, event="closed", exit_code=0))
+        closed = await layer.receive(browser)
+        # Closed: further input for it is not sent on.
+        await layer.group_send(
+            group, {"type": "agent.terminal.input", "session": session, "data": b"late"}
+        )
+        quiet = await agent.receive_nothing()
+        await agent.close()
+        return opened, typed, output, closed, quiet
+
+    opened, typed, output, closed, quiet = _run(scenario)
+    assert isinstance(opened, protocol.TerminalOpen)
+    assert (opened.session, opened.environment_id, opened.user) == (session, 5, "9")
+    assert typed == protocol.terminal_frame(session, b"ls\r")
+    assert output == {"type": "terminal.output", "data": b"out"}
+    assert (closed["type"], closed["event"], closed["exit_code"]) == ("terminal.event", "closed", 0)
+    assert quiet

@@ -2,7 +2,7 @@
 
 from django.urls import include, path
 
-from ..views import alerts, hosts, join_tokens, regions
+from ..views import alerts, allocations, hosts, join_tokens, regions
 
 app_name = "machines"
 
@@ -25,6 +25,18 @@ urlpatterns = [
         "hosts/<int:pk>/credential/rotate/",
         hosts.host_credential_rotate,
         name="host_credential_rotate",
+    ),
+    path("allocations/", allocations.AllocationListView.as_view(), name="allocation_list"),
+    path("allocations/new/", allocations.AllocationCreateView.as_view(), name="allocation_create"),
+    path(
+        "allocations/<int:pk>/",
+        allocations.AllocationDetailView.as_view(),
+        name="allocation_detail",
+    ),
+    path(
+        "allocations/<int:pk>/reclaim/",
+        allocations.AllocationReclaimView.as_view(),
+        name="allocation_reclaim",
     ),
     path("join-tokens/", join_tokens.join_token_list, name="join_token_list"),
     path(

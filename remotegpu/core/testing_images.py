@@ -1,9 +1,9 @@
 """Test images too big to make at every run: built once per engine, tagged by a hash of what
 goes into them, so a fresh clone (CI) on the same engine finds them ready.
 
-- :func:`jupyter_image`: a Debian root from ``debootstrap`` with JupyterLab installed in a venv
-  from wheels downloaded on the host (containers reach no network). About a minute the first
-  time: debootstrap ~40 s, the wheels ~10 s, the install ~15 s.
+- :func:`jupyter_image`: a Debian root from ``debootstrap`` (with rsync) and JupyterLab
+  installed in a venv from wheels downloaded on the host (containers reach no network). About a
+  minute the first time: debootstrap ~40 s, the wheels ~10 s, the install ~15 s.
 
 Imported by tests only (root, ``debootstrap``, Debian's mirror and PyPI on the host).
 """
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 DEBOOTSTRAP = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-DEBIAN_PACKAGES = ("python3", "python3-venv")
+# rsync: the SSH gateway's tests copy with it (it has to be on both ends).
+DEBIAN_PACKAGES = ("python3", "python3-venv", "rsync")
 JUPYTERLAB = "jupyterlab==4.6.6"
 JUPYTER_REPOSITORY = "remotegpu-test/jupyterlab"
 JUPYTER_PORT = 8888

@@ -305,6 +305,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 5,
         "options": {"expires": 5},
     },
+    "sweep-allocations": {
+        "task": "machines.tasks.allocation_sweep_task",
+        "schedule": 30,
+        "options": {"expires": 30},
+    },
 }
 # Environments: how long provisioning (a pull included) may take before it fails with
 # provision_timeout; the pids limit of every container; how long a labelled container that no

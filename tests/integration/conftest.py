@@ -204,6 +204,8 @@ def start_agent(
         str(AGENT_INTERVAL),
         "--state-dir",
         str(state),
+        "--ssh-port",  # the SSH gateway (with Docker) on any free port: tests run side by side
+        "0",
         *extra_args,
     ]
     return _start(name, argv, dict(os.environ), log_dir)

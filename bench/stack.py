@@ -1,0 +1,203 @@
+"""A real stack for benchmarks that reach environments: daphne, a joined agent with Docker and
+its SSH gateway, an organisation with an owner, and running environments.
+
+Imported by ``bench/ssh.py`` and ``bench/terminal.py`` after ``django.setup()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from accounts.choices import Role
+from accounts.models import Membership, Organization, User
+from accounts.services.ssh_keys import ssh_key_add
+from accounts.services.tokens import token_create
+from environments.models import Environment, Image, Spec
+from machines.models import Host
+from machines.services.join import join_token_create
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT = str(Path(sys.executable).with_name("remotegpu-agent"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait(condition, timeout: float, what: str, interval: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback)
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Stack:
+    prefix: str
+    work: Path
+    base: str
+    host: Host
+    owner: User
+    organization: Organization
+    token: str
+    key: Path  # the owner's private key (registered)
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(  # noqa: S310 (loopback)
+            self.base + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return json.loads(response.read() or b"{}")
+
+    def environment(self, image_reference: str, command: list[str], name: str) -> dict:
+        """A running environment of ``image_reference``; its connection (``/connection``)."""
+        spec = Spec.objects.create(
+            name=f"{self.prefix}{name}", gpu_model="", gpu_count=0, vcpu=2, memory_gib=2
+        )
+        image = Image.objects.create(
+            name=f"{self.prefix}{name}", reference=image_reference, command=command
+        )
+        created = self.api(
+            "POST", "/api/v1/environments/", {"name": name, "spec": spec.pk, "image": image.pk}
+        )
+        wait(
+            lambda: Environment.objects.filter(pk=created["id"], status="running").exists(),
+            60,
+            "the environment running",
+        )
+        return self.api("GET", f"/api/v1/environments/{created['id']}/connection/") | {
+            "id": created["id"]
+        }
+
+
+def clean(prefix: str) -> None:
+    Environment.objects.filter(organization__slug__startswith=prefix).delete()
+    Host.objects.filter(name__startswith=prefix).delete()
+    Organization.objects.filter(slug__startswith=prefix).delete()
+    User.objects.filter(email__startswith=prefix).delete()
+    Spec.objects.filter(name__startswith=prefix).delete()
+    Image.objects.filter(name__startswith=prefix).delete()
+
+
+@contextlib.contextmanager
+def stack(prefix: str) -> Iterator[Stack]:
+    """daphne and an agent (Docker, the SSH gateway on a free port), torn down after."""
+    clean(prefix)
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}work-"))
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    processes = []
+    daphne = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "remotegpu.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(work / "daphne.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    processes.append(daphne)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait(lambda: _answers(base + "/healthz"), 30, "daphne", 0.2)
+        operator = User.objects.filter(is_staff=True).first() or User.objects.create_superuser(
+            email=f"{prefix}operator@example.com", password=None
+        )
+        issued = join_token_create(operator=operator, name=f"{prefix}token")
+        state, name = work / "agent", f"{prefix}host"
+        subprocess.run(
+            [
+                AGENT,
+                "join",
+                "--server",
+                base,
+                "--token",
+                issued.plaintext,
+                "--name",
+                name,
+                "--state-dir",
+                str(state),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        agent = subprocess.Popen(
+            [
+                AGENT,
+                "run",
+                "--gpu-backend",
+                "fake",
+                "--state-dir",
+                str(state),
+                "--publish-address",
+                "127.0.0.1",
+                "--heartbeat-interval",
+                "5",
+                "--ssh-port",
+                "0",
+                "--ssh-listen",
+                "127.0.0.1",
+            ],
+            stdout=open(work / "agent.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        processes.append(agent)
+        host = wait(
+            lambda: (
+                Host.objects.filter(name=name, connected=True, containers_known=True)
+                .exclude(ssh_port=0)
+                .first()
+            ),
+            60,
+            "the agent's host online with its gateway",
+            0.2,
+        )
+        Host.objects.filter(pk=host.pk).update(address="127.0.0.1")
+        owner = User.objects.create_user(email=f"{prefix}owner@example.com", password=None)
+        organization = Organization.objects.create(name=f"{prefix}org", slug=f"{prefix}org")
+        Membership.objects.create(user=owner, organization=organization, role=Role.OWNER)
+        key = work / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        ssh_key_add(user=owner, name="bench", public_key=key.with_suffix(".pub").read_text())
+        token = token_create(user=owner, name="bench", write_enabled=True).plaintext
+        yield Stack(prefix, work, base, host, owner, organization, token, key)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        clean(prefix)
