@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 WINDOW = 2048 * 1024  # output bytes in flight per session
 MAX_FRAMES = 64  # output frames in flight per session (the server's channels hold 100)
-READ_CHUNK = 1024 * 1024
+# Output bytes in one frame: daphne refuses WebSocket messages over 1 MiB (and drops the socket).
+READ_CHUNK = 512 * 1024
 MAX_SESSIONS = 64
 MAX_SIDE = 1000  # rows or columns
 MAX_PENDING_INPUT = 1024 * 1024  # keyboard bytes the shell has not read yet

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from remotegpu_agent import terminal
-from remotegpu_agent.protocol import TerminalOpen, terminal_unframe
+from remotegpu_agent.protocol import TERMINAL_HEADER, TerminalOpen, terminal_unframe
 from remotegpu_agent.terminal import MAX_FRAMES, WINDOW, Terminals
 
 SESSION = "ab" * 16
@@ -168,3 +168,5 @@ def test_sessions_are_refused_or_ended_by_access():
 def test_limits_are_what_the_server_relies_on():
     # The server's channels hold 100 messages: the frames in flight must stay below.
     assert terminal.MAX_FRAMES < 100
+    # daphne drops a socket that sends a message over 1 MiB: a frame (header and data) fits.
+    assert TERMINAL_HEADER + terminal.READ_CHUNK < 1024 * 1024
