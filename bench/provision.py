@@ -21,9 +21,7 @@ Run: ``make bench NAME=provision`` (root, with Docker and busybox-static). Last 
 
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "remotegpu.settings.dev")
 
 import django  # noqa: E402
@@ -39,13 +38,13 @@ import django  # noqa: E402
 django.setup()
 
 from django.conf import settings  # noqa: E402
+from stack import clean as clean_rows  # noqa: E402
+from stack import free_port, start_agent, start_daphne, wait  # noqa: E402
 
 from accounts.choices import Role  # noqa: E402
 from accounts.models import Membership, Organization, User  # noqa: E402
 from accounts.services.tokens import token_create  # noqa: E402
 from environments.models import Environment, Image, Spec  # noqa: E402
-from machines.models import Host  # noqa: E402
-from machines.services.join import join_token_create  # noqa: E402
 from remotegpu.core.busybox_image import busybox_image_build  # noqa: E402
 
 RUNS = int(os.environ.get("RUNS", "20"))
@@ -58,23 +57,6 @@ COMMAND = [
 # Ours runs on its organisation's own bridge network (tenant isolation), which costs Docker a
 # good part of the start by itself: the third column runs the floor on such a network too.
 NETWORK = f"{PREFIX}net"
-AGENT = str(Path(sys.executable).with_name("remotegpu-agent"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait(condition, timeout: float, what: str, interval: float = 0.002):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(interval)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def api(base: str, token: str, method: str, path: str, body: dict | None = None) -> dict:
@@ -118,12 +100,7 @@ def clean(client) -> None:
         container.remove(force=True)
     for network in client.networks.list(names=[NETWORK]):
         network.remove()
-    Environment.objects.filter(organization__slug__startswith=PREFIX).delete()
-    Host.objects.filter(name__startswith=PREFIX).delete()
-    Organization.objects.filter(slug__startswith=PREFIX).delete()
-    User.objects.filter(email__startswith=PREFIX).delete()
-    Spec.objects.filter(name__startswith=PREFIX).delete()
-    Image.objects.filter(name__startswith=PREFIX).delete()
+    clean_rows(PREFIX)
 
 
 def main() -> None:
@@ -133,76 +110,10 @@ def main() -> None:
     image_tag = busybox_image_build(client, "remotegpu-bench/busybox")
     clean(client)
     work = Path(tempfile.mkdtemp(prefix="bench-provision-"))
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    daphne = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "remotegpu.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=open(work / "daphne.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    agent = None
+    daphne, agent = None, None
     try:
-        wait(lambda: _answers(base + "/healthz"), 30, "daphne", 0.2)
-        operator = User.objects.filter(is_staff=True).first() or User.objects.create_superuser(
-            email=f"{PREFIX}operator@example.com", password=None
-        )
-        issued = join_token_create(operator=operator, name=f"{PREFIX}token")
-        state = work / "agent"
-        name = f"{PREFIX}host"
-        subprocess.run(
-            [
-                AGENT,
-                "join",
-                "--server",
-                base,
-                "--token",
-                issued.plaintext,
-                "--name",
-                name,
-                "--state-dir",
-                str(state),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        agent = subprocess.Popen(
-            [
-                AGENT,
-                "run",
-                "--gpu-backend",
-                "fake",
-                "--fake-gpus",
-                "4",
-                "--state-dir",
-                str(state),
-                "--publish-address",
-                "127.0.0.1",
-                "--heartbeat-interval",
-                "5",
-            ],
-            stdout=open(work / "agent.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-        host = wait(
-            lambda: Host.objects.filter(
-                name=name, connected=True, containers_known=True, status="online"
-            ).first(),
-            60,
-            "the agent's host online",
-            0.2,
-        )
+        daphne, base = start_daphne(work)
+        agent, host = start_agent(base, work, f"{PREFIX}host", "--fake-gpus", "4", "--no-ssh")
         model = wait(lambda: host.gpus.values_list("model", flat=True).first(), 30, "GPUs", 0.2)
         user = User.objects.create_user(email=f"{PREFIX}owner@example.com", password=None)
         org = Organization.objects.create(
@@ -263,11 +174,10 @@ def main() -> None:
                 flush=True,
             )
     finally:
-        if agent is not None:
-            agent.terminate()
-            agent.wait(10)
-        daphne.terminate()
-        daphne.wait(10)
+        for process in (agent, daphne):
+            if process is not None:
+                process.terminate()
+                process.wait(10)
         clean(client)
     median, floor_median = statistics.median(ours), statistics.median(floor)
     network_median = statistics.median(floor_network)
@@ -316,14 +226,6 @@ def phase_breakdown(environment_id: int, wall_start: float, answered: float) -> 
     if event is not None:
         since["running"] = event.created_at.timestamp()
     return {phase: (at - wall_start) * 1000 for phase, at in since.items()}
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback)
-            return True
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

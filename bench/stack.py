@@ -1,7 +1,8 @@
-"""A real stack for benchmarks that reach environments: daphne, a joined agent with Docker and
-its SSH gateway, an organisation with an owner, and running environments.
+"""Real processes for benchmarks: daphne, a joined agent with Docker (and its SSH gateway), an
+organisation with an owner, and running environments.
 
-Imported by ``bench/ssh.py`` and ``bench/terminal.py`` after ``django.setup()``.
+Imported after ``django.setup()`` by ``bench/provision.py``, ``bench/ssh.py`` and
+``bench/terminal.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait(condition, timeout: float, what: str, interval: float = 0.01):
+def wait(condition, timeout: float, what: str, interval: float = 0.002):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = condition()
@@ -106,14 +107,9 @@ def clean(prefix: str) -> None:
     Image.objects.filter(name__startswith=prefix).delete()
 
 
-@contextlib.contextmanager
-def stack(prefix: str) -> Iterator[Stack]:
-    """daphne and an agent (Docker, the SSH gateway on a free port), torn down after."""
-    clean(prefix)
-    work = Path(tempfile.mkdtemp(prefix=f"{prefix}work-"))
+def start_daphne(work: Path) -> tuple[subprocess.Popen, str]:
+    """daphne on a free loopback port, logging into ``work``; the process and its base URL."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    processes = []
     daphne = subprocess.Popen(
         [
             sys.executable,
@@ -126,66 +122,83 @@ def stack(prefix: str) -> Iterator[Stack]:
             "remotegpu.asgi:application",
         ],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=open(work / "daphne.log", "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
     )
-    processes.append(daphne)
     base = f"http://127.0.0.1:{port}"
+    wait(lambda: _answers(base + "/healthz"), 30, "daphne", 0.2)
+    return daphne, base
+
+
+def start_agent(
+    base: str, work: Path, name: str, *options: str, ready=None
+) -> tuple[subprocess.Popen, Host]:
+    """Join a host ``name`` with a fresh join token, then ``remotegpu-agent run`` (fake GPUs,
+    the local engine, ports published on loopback, plus ``options``) until its host is online
+    with Docker (and ``ready(queryset)`` when given narrows what counts)."""
+    operator = User.objects.filter(is_staff=True).first() or User.objects.create_superuser(
+        email=f"{name}-operator@example.com", password=None
+    )
+    issued = join_token_create(operator=operator, name=f"{name}-token")
+    state = work / "agent"
+    subprocess.run(
+        [
+            AGENT,
+            "join",
+            "--server",
+            base,
+            "--token",
+            issued.plaintext,
+            "--name",
+            name,
+            "--state-dir",
+            str(state),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    agent = subprocess.Popen(
+        [
+            AGENT,
+            "run",
+            "--gpu-backend",
+            "fake",
+            "--state-dir",
+            str(state),
+            "--publish-address",
+            "127.0.0.1",
+            "--heartbeat-interval",
+            "5",
+            *options,
+        ],
+        stdout=open(work / "agent.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    hosts = Host.objects.filter(name=name, connected=True, containers_known=True, status="online")
+    if ready is not None:
+        hosts = ready(hosts)
+    host = wait(lambda: hosts.first(), 60, "the agent's host online", 0.2)
+    return agent, host
+
+
+@contextlib.contextmanager
+def stack(prefix: str) -> Iterator[Stack]:
+    """daphne and an agent (Docker, the SSH gateway on a free port), torn down after."""
+    clean(prefix)
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}work-"))
+    processes = []
     try:
-        wait(lambda: _answers(base + "/healthz"), 30, "daphne", 0.2)
-        operator = User.objects.filter(is_staff=True).first() or User.objects.create_superuser(
-            email=f"{prefix}operator@example.com", password=None
-        )
-        issued = join_token_create(operator=operator, name=f"{prefix}token")
-        state, name = work / "agent", f"{prefix}host"
-        subprocess.run(
-            [
-                AGENT,
-                "join",
-                "--server",
-                base,
-                "--token",
-                issued.plaintext,
-                "--name",
-                name,
-                "--state-dir",
-                str(state),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        agent = subprocess.Popen(
-            [
-                AGENT,
-                "run",
-                "--gpu-backend",
-                "fake",
-                "--state-dir",
-                str(state),
-                "--publish-address",
-                "127.0.0.1",
-                "--heartbeat-interval",
-                "5",
-                "--ssh-port",
-                "0",
-                "--ssh-listen",
-                "127.0.0.1",
-            ],
-            stdout=open(work / "agent.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
+        daphne, base = start_daphne(work)
+        processes.append(daphne)
+        agent, host = start_agent(
+            base,
+            work,
+            f"{prefix}host",
+            *("--ssh-port", "0", "--ssh-listen", "127.0.0.1"),
+            ready=lambda hosts: hosts.exclude(ssh_port=0),
         )
         processes.append(agent)
-        host = wait(
-            lambda: (
-                Host.objects.filter(name=name, connected=True, containers_known=True)
-                .exclude(ssh_port=0)
-                .first()
-            ),
-            60,
-            "the agent's host online with its gateway",
-            0.2,
-        )
         Host.objects.filter(pk=host.pk).update(address="127.0.0.1")
         owner = User.objects.create_user(email=f"{prefix}owner@example.com", password=None)
         organization = Organization.objects.create(name=f"{prefix}org", slug=f"{prefix}org")

@@ -27,6 +27,7 @@ class StatusReason(models.TextChoices):
     PROVISION_TIMEOUT = "provision_timeout", _("Provisioning took too long")
     LOST = "lost", _("Its container disappeared")
     HOST_LOST = "host_lost", _("Its host is gone")
+    RECLAIMED = "reclaimed", _("Its whole-machine allocation was reclaimed")
     EXITED = "exited", _("Its container exited")
     QUOTA = "quota", _("Over quota")
     OUT_OF_BALANCE = "out_of_balance", _("Out of balance")

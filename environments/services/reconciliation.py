@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from machines.models import Host
+from machines.services.allocations import allocation_reclaimed_listener
 from machines.services.commands import command_create
 from machines.services.hosts import host_retired_listener, inventory_listener
 from remotegpu.core.errors import ApplicationError
@@ -33,6 +34,7 @@ from ..choices import EnvironmentStatus as S
 from ..models import Environment, OrphanContainer
 from .autostop import environment_auto_stop_sweep
 from .lifecycle import (
+    TRANSITIONS,
     environment_release_gpus,
     environment_release_ports,
     environment_start,
@@ -120,6 +122,43 @@ def environments_host_retired(host: Host) -> int:
                 container_state="",
             )
         if done:
+            environment_release_gpus(environment)
+            environment_release_ports(environment)
+            changed += 1
+    return changed
+
+
+@allocation_reclaimed_listener
+def environments_allocation_reclaimed(allocation) -> int:
+    """The host removed its tenant organisation's containers and volumes: the organisation's
+    environments there are deleted (their `/workspace` went with the reclaim), their GPUs and
+    ports released. Returns how many changed."""
+    changed = 0
+    now = timezone.now()
+    message = _("Deleted: the whole-machine allocation of %(host)s was reclaimed.") % {
+        "host": allocation.host.name
+    }
+    environments = Environment.objects.filter(
+        host_id=allocation.host_id, organization_id=allocation.organization_id
+    ).exclude(status=S.DELETED)
+    for environment in environments.select_related("organization"):
+        if S.DELETED not in TRANSITIONS[environment.status]:
+            environment_transition(
+                environment,
+                source=environment.status,
+                target=S.DELETING,
+                reason=StatusReason.RECLAIMED,
+                message=message,
+            )
+        if environment_transition(
+            environment,
+            source=environment.status,
+            target=S.DELETED,
+            reason=StatusReason.RECLAIMED,
+            message=message,
+            container_state="",
+            deleted_at=now,
+        ):
             environment_release_gpus(environment)
             environment_release_ports(environment)
             changed += 1

@@ -192,3 +192,28 @@ def test_abuse_is_refused_and_the_terminal_goes_on(running, frame, error):
     assert error in answer["message"]
     assert after["data"] == b"still\r"  # nothing else reached the agent, and it goes on
     assert closed["type"] == "agent.terminal.close"
+
+
+def test_the_route_takes_the_session_only_from_an_allowed_origin(running, client):
+    """Through the project's ASGI stack: Origin and session are checked before the upgrade."""
+    from remotegpu.asgi import application
+
+    environment, owner = running
+    client.force_login(owner.user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    async def connect(origin: bytes, cookie: bytes = cookie):
+        async with FakeAgent(environment.host_id) as agent:
+            communicator = WebsocketCommunicator(
+                application,
+                f"/ws/environments/{environment.pk}/terminal/",
+                headers=[(b"origin", origin), (b"cookie", cookie), (b"host", b"testserver")],
+            )
+            connected, _ = await communicator.connect(timeout=TIMEOUT)
+            opened = (await agent.receive())["type"] if connected else None
+            await communicator.disconnect()
+            return connected, opened
+
+    assert async_to_sync(connect)(b"http://testserver") == (True, "agent.terminal.open")
+    assert async_to_sync(connect)(b"http://evil.example") == (False, None)
+    assert async_to_sync(connect)(b"http://testserver", b"sessionid=forged") == (False, None)

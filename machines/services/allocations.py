@@ -480,6 +480,17 @@ def _remaining_text(report: dict) -> str:
     return ", ".join(f"{key}: {value}" for key, value in sorted(remaining.items()))[:300]
 
 
+# What else lived on the host for the tenant is other apps' (environments sits above this one):
+# they register a function called when the host has removed the organisation's containers and
+# volumes, inside the transaction that records it.
+_reclaimed_listeners: list[Callable[[Allocation], object]] = []
+
+
+def allocation_reclaimed_listener(function: Callable[[Allocation], object]):
+    _reclaimed_listeners.append(function)
+    return function
+
+
 @command_result_handler(CommandKind.TENANT_RECLAIM)
 def tenant_reclaim_finished(command: AgentCommand) -> None:
     allocation = _allocation(command)
@@ -487,6 +498,10 @@ def tenant_reclaim_finished(command: AgentCommand) -> None:
         return
     report = command.result if isinstance(command.result, dict) else {}
     now = timezone.now()
+    if command.status == CommandStatus.SUCCEEDED:
+        # The host removed the organisation's containers and volumes (leftovers or not).
+        for listener in _reclaimed_listeners:
+            listener(allocation)
     if command.status == CommandStatus.SUCCEEDED and report.get("clean") is True:
         if _transition(
             allocation,

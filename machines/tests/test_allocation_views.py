@@ -74,6 +74,9 @@ def test_the_operator_list_shows_every_allocation(client, operator, allocation):
 def test_allocate_from_the_form(client, operator, organization):
     host = RuntimeHostFactory()
     client.force_login(operator)
+    page = client.get(reverse("machines:host_detail", args=[host.pk])).content.decode()
+    link = f'{reverse("machines:allocation_create")}?host={host.pk}'
+    assert f'href="{link}"' in page  # the host page leads to the form, with the host chosen
     form = client.get(reverse("machines:allocation_create"), {"host": host.pk})
     assert f'<option value="{host.pk}" selected>' in form.content.decode()
     response = client.post(
