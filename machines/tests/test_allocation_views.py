@@ -75,7 +75,7 @@ def test_allocate_from_the_form(client, operator, organization):
     host = RuntimeHostFactory()
     client.force_login(operator)
     page = client.get(reverse("machines:host_detail", args=[host.pk])).content.decode()
-    link = f'{reverse("machines:allocation_create")}?host={host.pk}'
+    link = f"{reverse('machines:allocation_create')}?host={host.pk}"
     assert f'href="{link}"' in page  # the host page leads to the form, with the host chosen
     form = client.get(reverse("machines:allocation_create"), {"host": host.pk})
     assert f'<option value="{host.pk}" selected>' in form.content.decode()
