@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,25 @@ OPEN_TIMEOUT = 10.0
 # figure) so that it lists containers once a burst of events is over, not in its middle.
 EVENTS_QUIET_S = 0.15
 EVENTS_SETTLE_MAX_S = 1.0
+# How long a report waits for Docker's container list before it goes with the last one.
+LISTING_WAIT_S = 2.0
+
+
+@dataclass
+class ContainerSnapshot:
+    """Docker's list of the managed containers and of the images, made at ``time`` (agent
+    clock); ``known`` is False until Docker answered."""
+
+    known: bool = False
+    time: float = 0.0
+    containers: list = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+
+    def apply(self, inventory: Inventory) -> None:
+        inventory.containers_known = self.known
+        inventory.time = self.time
+        inventory.containers = list(self.containers)
+        inventory.images = list(self.images)
 
 
 def backoff_delays(
@@ -131,6 +150,9 @@ class Agent:
         self._send_lock: asyncio.Lock | None = None
         self._running: dict[str, asyncio.Task] = {}
         self._changing_containers = 0  # container-changing commands in flight
+        self._listing: asyncio.Future | None = None  # Docker's container list, under way
+        self._snapshot = ContainerSnapshot()  # the latest list Docker gave
+        self._listing_slow = False
         self._main: asyncio.Task | None = None
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
@@ -412,26 +434,49 @@ class Agent:
                     return
             self._events_stop.wait(5.0)
 
-    def _containers(self, inventory: Inventory) -> None:
-        if self.docker is None:
-            return
+    def _list_containers(self) -> ContainerSnapshot:
+        """What Docker says runs here (in a worker thread); unknown when it does not answer."""
         try:
-            inventory.time = time.time()
-            inventory.containers = self.docker.managed_containers()
-            inventory.images = self.docker.image_tags()
-            inventory.containers_known = True
+            listed_at = time.time()
+            return ContainerSnapshot(
+                known=True,
+                time=listed_at,
+                containers=self.docker.managed_containers(),
+                images=self.docker.image_tags(),
+            )
         except DockerUnavailable as exc:
             logger.debug("%s", exc)
         except Exception as exc:  # a list call that failed says nothing about containers
             logger.warning("cannot list containers: %s", exc)
+        return ContainerSnapshot()
+
+    async def _container_snapshot(self, wait: float) -> ContainerSnapshot:
+        """The containers as listed now or, when Docker is slow to answer, as last listed.
+
+        Listing runs on its own: a Docker call that hangs must not hold the heartbeat back (the
+        server would take the host for offline). One listing at a time; a report takes its
+        result on the first tick after it ends."""
+        if self.docker is None:
+            return ContainerSnapshot()
+        if self._listing is None:
+            self._listing = asyncio.ensure_future(asyncio.to_thread(self._list_containers))
+        done, _ = await asyncio.wait({self._listing}, timeout=wait)
+        if done:
+            self._snapshot = self._listing.result()
+            self._listing = None
+            self._listing_slow = False
+        elif not self._listing_slow:
+            self._listing_slow = True
+            logger.warning("Docker is slow to list containers: reporting the last list it gave")
+        return self._snapshot
 
     def _collect(self, interval: float) -> tuple[Inventory, Heartbeat]:
-        """Inventory and heartbeat from the same moment (run in a worker thread). The inventory
-        says how often heartbeats come, so the server judges silence by this agent's pace."""
+        """Inventory and heartbeat from the same moment (run in a worker thread), without the
+        containers (``_container_snapshot`` adds them). The inventory says how often
+        heartbeats come, so the server judges silence by this agent's pace."""
         facts = host.host_facts(self.disk_path, self.backend.name)
         facts.heartbeat_interval = float(interval)
         inventory = Inventory(facts=facts, gpus=self.backend.inventory())
-        self._containers(inventory)
         figures = host.host_sample(self.disk_path)
         heartbeat = Heartbeat(time=time.time(), gpus=self.backend.sample(), **asdict(figures))
         return inventory, heartbeat
@@ -461,11 +506,15 @@ class Agent:
         while True:
             due = loop.time() >= next_at
             try:
-                inventory, heartbeat = await asyncio.to_thread(self._collect, interval)
+                (inventory, heartbeat), snapshot = await asyncio.gather(
+                    asyncio.to_thread(self._collect, interval),
+                    self._container_snapshot(min(interval, LISTING_WAIT_S)),
+                )
             except Exception as exc:  # a broken sensor must not end the session: try next tick
                 logger.exception("cannot read the host's figures")
                 self._set_status(last_error=f"cannot read the host's figures: {exc}")
             else:
+                snapshot.apply(inventory)
                 self._gateway_figures(inventory, heartbeat)
                 digest = self.inventory_digest(inventory)
                 if digest != sent_digest:

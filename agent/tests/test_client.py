@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from http import HTTPStatus
 
@@ -26,6 +27,7 @@ from remotegpu_agent.protocol import (
     Command,
     CommandAck,
     CommandResult,
+    ContainerInfo,
     Heartbeat,
     Inventory,
     Welcome,
@@ -468,3 +470,62 @@ def test_after_a_docker_event_the_inventory_waits_for_quiet_and_for_container_wo
     assert 0.2 <= burst < 0.45
     assert 0.3 <= working < 0.5
     assert 0.55 <= capped < 0.9
+
+
+class HangingDocker:
+    """A Docker whose container list hangs until released: the heartbeat must not wait."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.calls = 0
+
+    def managed_containers(self):
+        self.calls += 1
+        self.release.wait(10)
+        return [ContainerInfo(id="c1", name="rgpu-env-1", environment="1", state="running")]
+
+    def image_tags(self):
+        return ["busybox:latest"]
+
+    def events(self, stop):
+        stop.wait()
+        return iter(())
+
+
+def test_a_hanging_docker_holds_neither_heartbeats_nor_a_second_listing(tmp_path):
+    docker = HangingDocker()
+
+    async def script(plane, connection, session):
+        def fifth_heartbeat(message):
+            return len(plane.of(Heartbeat, session)) >= 5
+
+        await plane.receive_until(connection, session, fifth_heartbeat)
+        docker.release.set()
+        await plane.receive_until(
+            connection, session, lambda m: isinstance(m, Inventory) and m.containers_known
+        )
+        plane.done.set()
+        await connection.wait_closed()
+
+    async def scenario():
+        async with control_plane(script) as plane:
+            state, config = _state(tmp_path, plane.port)
+            agent = Agent(
+                config,
+                state,
+                FakeBackend(count=1, seed=1),
+                heartbeat_interval=0.2,
+                initial_backoff=0.05,
+                docker=docker,
+            )
+            return plane, await _run_until_done(plane, agent)
+
+    plane, exit_status = asyncio.run(scenario())
+    assert exit_status == 0
+    first, last = plane.of(Inventory)[0], plane.of(Inventory)[-1]
+    assert first.containers_known is False  # unknown while Docker hangs, not empty
+    assert [c.id for c in last.containers] == ["c1"]
+    assert last.images == ["busybox:latest"]
+    assert docker.calls == 1  # one listing at a time: no pile of stuck threads
+    times = [heartbeat.time for heartbeat in plane.of(Heartbeat)[:5]]
+    assert all(later - earlier < 1 for earlier, later in itertools.pairwise(times)), times
