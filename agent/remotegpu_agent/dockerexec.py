@@ -32,6 +32,19 @@ READ_CHUNK = 64 * 1024
 STREAM_LIMIT = 1024 * 1024
 
 
+# What a session without a command runs: a login shell, bash where the image has it, else sh.
+LOGIN_SHELL = [
+    "/bin/sh",
+    "-c",
+    "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l",
+]
+MAX_TERMINAL_SIDE = 1000  # rows or columns; a size beyond it (or 0) is ignored
+
+
+def terminal_size_ok(cols: int, rows: int) -> bool:
+    return 0 < cols <= MAX_TERMINAL_SIDE and 0 < rows <= MAX_TERMINAL_SIDE
+
+
 class DockerAPIError(RuntimeError):
     def __init__(self, status: int, message: str):
         super().__init__(f"Docker answered {status}: {message}")

@@ -37,7 +37,13 @@ import asyncssh
 from asyncssh.sftp import SFTPAttrs
 
 from . import sftp_helper
-from .dockerexec import STDERR, DockerAPI, DockerAPIError
+from .dockerexec import (
+    LOGIN_SHELL,
+    STDERR,
+    DockerAPI,
+    DockerAPIError,
+    terminal_size_ok,
+)
 from .hostshell import HostSession
 from .protocol import GatewayAccess, TenantAccess
 from .tenants import TENANT_USER
@@ -47,10 +53,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 2222
 USER_PREFIX = "env-"
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
-MAX_TERMINAL_SIDE = 1000  # rows or columns; a resize beyond it is ignored
 CONNECT_TIMEOUT = 10.0
-# A login shell: bash where the image has it, else sh.
-SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l"]
 CLONE_NEWNET = 0x40000000
 
 
@@ -629,7 +632,9 @@ class Gateway:
                     cols=cols,
                 )
             else:
-                command = SHELL if process.command is None else ["/bin/sh", "-c", process.command]
+                command = (
+                    LOGIN_SHELL if process.command is None else ["/bin/sh", "-c", process.command]
+                )
                 env = {"TERM": process.term_type} if tty else {}
                 stream = await self.docker.exec(
                     access.container, command, tty=tty, env=env, rows=rows, cols=cols
@@ -681,6 +686,6 @@ class Gateway:
 
 def _clamped(cols: int, rows: int) -> tuple[int, int]:
     """A window size to pass on, or (0, 0) for one that makes no sense (0 or 100,000 wide)."""
-    if 0 < cols <= MAX_TERMINAL_SIDE and 0 < rows <= MAX_TERMINAL_SIDE:
+    if terminal_size_ok(cols, rows):
         return cols, rows
     return 0, 0

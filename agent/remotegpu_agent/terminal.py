@@ -17,7 +17,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from .dockerexec import DockerAPI, DockerAPIError, ExecStream
+from .dockerexec import LOGIN_SHELL, DockerAPI, DockerAPIError, ExecStream, terminal_size_ok
 from .protocol import TerminalEvent, TerminalOpen, terminal_frame
 
 logger = logging.getLogger(__name__)
@@ -27,17 +27,11 @@ MAX_FRAMES = 64  # output frames in flight per session (the server's channels ho
 # Output bytes in one frame: daphne refuses WebSocket messages over 1 MiB (and drops the socket).
 READ_CHUNK = 512 * 1024
 MAX_SESSIONS = 64
-MAX_SIDE = 1000  # rows or columns
 MAX_PENDING_INPUT = 1024 * 1024  # keyboard bytes the shell has not read yet
 SESSION = re.compile(r"[0-9a-f]{32}")
-SHELL = ["/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l"]
 
 SendFrame = Callable[[bytes], Awaitable[object]]
 SendEvent = Callable[[TerminalEvent], Awaitable[object]]
-
-
-def size_ok(cols: int, rows: int) -> bool:
-    return 0 < cols <= MAX_SIDE and 0 < rows <= MAX_SIDE
 
 
 @dataclass
@@ -85,7 +79,9 @@ class Terminals:
         session.credit.set()
         self.sessions[message.session] = session
         cols, rows = (
-            (message.cols, message.rows) if size_ok(message.cols, message.rows) else (80, 24)
+            (message.cols, message.rows)
+            if terminal_size_ok(message.cols, message.rows)
+            else (80, 24)
         )
         session.task = asyncio.ensure_future(self._run(session, message.container, cols, rows))
 
@@ -94,7 +90,12 @@ class Terminals:
         try:
             try:
                 session.stream = await self.docker.exec(
-                    container, SHELL, tty=True, env={"TERM": "xterm-256color"}, rows=rows, cols=cols
+                    container,
+                    LOGIN_SHELL,
+                    tty=True,
+                    env={"TERM": "xterm-256color"},
+                    rows=rows,
+                    cols=cols,
                 )
             except (DockerAPIError, OSError) as exc:
                 session.reason = f"cannot start a shell: {exc}"
@@ -144,7 +145,7 @@ class Terminals:
 
     async def resize(self, session_id: str, cols: int, rows: int) -> None:
         session = self.sessions.get(session_id)
-        if session is None or session.stream is None or not size_ok(cols, rows):
+        if session is None or session.stream is None or not terminal_size_ok(cols, rows):
             return
         with contextlib.suppress(DockerAPIError, OSError):
             await self.docker.exec_resize(session.stream.exec_id, rows, cols)
