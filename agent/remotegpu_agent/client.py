@@ -153,6 +153,7 @@ class Agent:
         self._listing: asyncio.Future | None = None  # Docker's container list, under way
         self._snapshot = ContainerSnapshot()  # the latest list Docker gave
         self._listing_slow = False
+        self._relist = 0.0  # when a container-changing command ended (0: none pending)
         self._main: asyncio.Task | None = None
         self._stop_requested = False
         self._wake: asyncio.Event | None = None
@@ -517,7 +518,13 @@ class Agent:
                 snapshot.apply(inventory)
                 self._gateway_figures(inventory, heartbeat)
                 digest = self.inventory_digest(inventory)
-                if digest != sent_digest:
+                # After a container-changing command the server gets the next list even when
+                # it reads as the last one (a container made and removed in between): only a
+                # list made after the command tells it what is gone.
+                relisted = bool(self._relist) and snapshot.time > self._relist
+                if digest != sent_digest or relisted:
+                    if relisted:
+                        self._relist = 0.0
                     await self._send(inventory)
                     sent_digest = digest
                     logger.info(
@@ -623,4 +630,5 @@ class Agent:
             self._running.pop(command.command_id, None)
             if command.kind in commands.CONTAINER_CHANGING:
                 self._changing_containers -= 1
+                self._relist = time.time()
                 self._wake.set()
