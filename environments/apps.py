@@ -9,6 +9,6 @@ class EnvironmentsConfig(AppConfig):
 
     def ready(self):
         # Registers what the fleet tells this app (command outcomes, progress, inventories), and
-        # what the hosts' SSH gateways may open.
+        # what the hosts' SSH gateways may open, and what billing meters.
         from . import selectors  # noqa: F401
-        from .services import access, reconciliation, results  # noqa: F401
+        from .services import access, billing, reconciliation, results  # noqa: F401

@@ -204,3 +204,22 @@ class ImagePrepullForm(forms.Form):
         holds = _("holds it") if self.image.reference in (host.images or []) else _("not yet")
         region = host.region.name if host.region else _("no region")
         return f"{host.name} ({region}, {host.get_status_display()}; {holds})"
+
+
+class SpecEstimateForm(StyledForm):
+    """What the specs cost for a number of hours, in a region (the estimate on the spec list)."""
+
+    hours = forms.DecimalField(
+        label=gettext_lazy("Hours"),
+        min_value=Decimal("0.01"),
+        max_value=Decimal(8760),
+        decimal_places=2,
+        initial=Decimal(1),
+    )
+    region = forms.ModelChoiceField(
+        label=gettext_lazy("Region"),
+        queryset=Region.objects.all(),
+        required=False,
+        to_field_name="slug",
+        empty_label=gettext_lazy("Default prices"),
+    )

@@ -23,6 +23,8 @@ urlpatterns = [
     path("operator/", include("machines.urls")),
     path("machines/", include("machines.urls.my_machines")),
     path("environments/", include("environments.urls")),
+    path("billing/", include("billing.urls")),
+    path("operator/billing/", include("billing.urls.operator")),
     path(
         "agent/download/remotegpu_agent-<str:version>-py3-none-any.whl",
         agent_wheel_download,

@@ -3,7 +3,8 @@
 Every operation of ``/api/schema/`` is called with generated input (valid and invalid) as the
 owner of an organisation with members, invitations, tokens, keys, notifications and audit
 events; the fleet's operations (operators only) are called again as an operator, over a fleet
-with hosts, GPUs, samples, commands and join tokens. A 5xx is a bug to fix at its cause; a
+with hosts, GPUs, samples, commands and join tokens, and billing's operator side (prices,
+credits, top-ups, vouchers, revenue) over wallets with usage. A 5xx is a bug to fix at its cause; a
 response that does not match the schema is a bug in the schema or the serializer.
 
 The command-line runner is used rather than ``schemathesis.pytest.from_fixture``: the lazy
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,10 @@ from accounts.services.organizations import organization_create
 from accounts.services.ssh_keys import ssh_key_add
 from accounts.services.tokens import IssuedToken, token_create
 from accounts.tests.factories import MembershipFactory, OperatorFactory, UserFactory
+from billing.services.metering import billing_tick, meter_open
+from billing.services.prices import Quantities, price_set
+from billing.services.recharge import top_up_request, voucher_create
+from billing.services.wallets import wallet_credit
 from environments.services.lifecycle import environment_create
 from environments.tests.factories import ImageFactory, SpecFactory, host_with_gpus
 from machines.choices import AlertStatus, CommandStatus, GPUHealth, HostStatus
@@ -67,7 +73,8 @@ MAX_EXAMPLES = 25
 TOKEN_REVOKE = "DELETE /api/v1/tokens/{id}/"
 FLEET_PATHS = (
     r"^/api/v1/(regions|hosts|gpus|host-commands|join-tokens|fleet|agent|alerts|alert-rules"
-    r"|images|specs|environments|registry-credentials|allocations)/"
+    r"|images|specs|environments|registry-credentials|allocations"
+    r"|billing/(prices|wallets|top-ups|vouchers|revenue))/"
 )
 
 
@@ -108,7 +115,31 @@ def owner_token(transactional_db) -> IssuedToken:
     # A whole machine lent to the organisation, with its GPUs and how to connect.
     allocation = AllocationFactory(organization=organization)
     GPUFactory(host=allocation.host)
+    _money(organization, owner)
     return token_create(user=owner, name="fuzzer", write_enabled=True)
+
+
+def _money(organization, user) -> None:
+    """A price list, a balance, charged usage and a bank top-up waiting for approval."""
+    operator = OperatorFactory()
+    price_set(operator=operator, resource="gpu_hour", amount="2.5")
+    wallet_credit(
+        operator=operator,
+        organization=organization,
+        amount="100",
+        reason="opening",
+        kind="recharge",
+    )
+    start = timezone.now() - timedelta(hours=2)
+    meter_open(
+        reference="environment:fuzzed:run",
+        organization=organization,
+        label="fuzzed-run",
+        quantities=Quantities(kind="compute", gpu_count=1),
+        at=start,
+    )
+    billing_tick(start + timedelta(hours=1))
+    top_up_request(user=user, organization=organization, amount="50", reference="FUZZ-1")
 
 
 def _schemathesis(url: str, token: str, *selection: str, cwd: Path, timeout: int) -> None:
@@ -203,6 +234,10 @@ def operator_token(transactional_db) -> IssuedToken:
         reclaim_report={"removed": {"account": True}, "remaining": {}, "clean": True},
     )
     RuntimeHostFactory()
+    # Billing's operator side: prices, a wallet with usage, a pending top-up, a voucher.
+    customer = MembershipFactory(role=Role.OWNER)
+    _money(customer.organization, customer.user)
+    voucher_create(operator=operator, amount="10", code="FUZZ-VOUCHER")
     rule = AlertRule.objects.create(name="fuzzed rule", metric="gpu_temperature", threshold=50)
     for status in (AlertStatus.FIRING, AlertStatus.RESOLVED):
         Alert.objects.create(

@@ -7,7 +7,9 @@ and is the operators' alone: its routes refuse the other organisation's owner *a
 Regions are the exception: anyone signed in reads them; and so are whole-machine allocations,
 which A's members read (the host lent to A included) while the other organisation gets 404.
 The agent's join endpoint is reachable without an account; without a valid join token it
-answers 400 and creates nothing.
+answers 400 and creates nothing; so is the payment provider's webhook, which refuses a call
+without a valid signature. Billing's data (wallet, ledger, meters, top-ups, payments) is A's
+like the rest; prices, vouchers, revenue and reconciliation are the operators'.
 
 The suite walks ``get_resolver()`` so that a new route is tested the day it is added: a route
 whose path parameters this file cannot fill fails loudly with its name. Path parameters are
@@ -102,6 +104,8 @@ class Route:
             return "admin"
         if self.name == AGENT_JOIN:
             return "agent"
+        if self.name in WEBHOOK_ROUTES:
+            return "webhook"
         if self.namespace == "api":
             return "api"
         if self.callback.__module__.startswith("allauth."):
@@ -155,6 +159,9 @@ PUBLIC_ROUTES = {
 # The fleet is operator-only, except regions (read by everyone signed in) and the agent's join
 # endpoint, whose caller authenticates with the join token in the body.
 AGENT_JOIN = "api:agent-join"
+# Payment providers' notifications: no account, a signature instead; without one (or for a
+# provider that is not enabled) refused with a 4xx, nothing changed.
+WEBHOOK_ROUTES = {"api:payment-webhook"}
 FLEET_FOR_EVERYONE = {"api:region-list", "api:region-detail"}
 # Whole-machine allocations are the fleet's, but the organisation a host is lent to reads its
 # own: these routes are scoped to the caller's organisations like any of A's data.
@@ -264,6 +271,14 @@ PK_OBJECTS = {
     "image_prepull": "image",
     "spec-detail": "spec",
     "registry-credential-detail": "registry_credential",
+    "billing-price-detail": "price",
+    "billing-top-up-approve": "top_up",
+    "billing-top-up-reject": "top_up",
+    "top_up_approve": "top_up",
+    "top_up_reject": "top_up",
+    "price_edit": "price",
+    "price_delete": "price",
+    "payment-detail": "payment",
 }
 
 # Which object of A the admin's ``<path:object_id>`` routes open, by model.
@@ -305,6 +320,17 @@ ADMIN_OBJECTS = {
     "environments.gpuassignment": "gpu_assignment",
     "environments.portallocation": "port_allocation",
     "environments.orphancontainer": "orphan_container",
+    "billing.price": "price",
+    "billing.wallet": "wallet",
+    "billing.ledgerentry": "ledger_entry",
+    "billing.meter": "meter",
+    "billing.source": "source",
+    "billing.runinterval": "run_interval",
+    "billing.topuprequest": "top_up",
+    "billing.voucher": "voucher",
+    "billing.voucherredemption": "voucher_redemption",
+    "billing.payment": "payment",
+    "billing.reconciliationrun": "reconciliation_run",
 }
 
 # Admin pages that do not answer an operator's GET with 200, and what they answer instead.
@@ -340,12 +366,43 @@ OPERATOR_ADMIN_STATUS = {
     "admin:environments_gpuassignment_add": 403,
     "admin:environments_portallocation_add": 403,
     "admin:environments_orphancontainer_add": 403,
+    "admin:billing_wallet_add": 403,
+    "admin:billing_wallet_delete": 403,
+    "admin:billing_ledgerentry_add": 403,
+    "admin:billing_ledgerentry_delete": 403,
+    "admin:billing_meter_add": 403,
+    "admin:billing_meter_delete": 403,
+    "admin:billing_source_add": 403,
+    "admin:billing_source_delete": 403,
+    "admin:billing_runinterval_add": 403,
+    "admin:billing_runinterval_delete": 403,
+    "admin:billing_topuprequest_add": 403,
+    "admin:billing_topuprequest_delete": 403,
+    "admin:billing_voucherredemption_add": 403,
+    "admin:billing_voucherredemption_delete": 403,
+    "admin:billing_payment_add": 403,
+    "admin:billing_payment_delete": 403,
+    "admin:billing_reconciliationrun_add": 403,
+    "admin:billing_reconciliationrun_delete": 403,
+    "admin:billing_voucher_delete": 403,
 }
 
 # Parameters that are no object of A: the admin's catch-all, the admin index of one app, the
 # content type of "view on site", the version of the agent's wheel. They are filled, but do not
 # make the route "about A".
-NEUTRAL_PARAMS = {"url", "app_label", "content_type_id", "version"}
+NEUTRAL_PARAMS = {
+    "url",
+    "app_label",
+    "content_type_id",
+    "version",
+    # A statement's month and format: always the caller's own organisation's.
+    "period",
+    "extension",
+    "year",
+    "month",
+    # A payment provider's name (its webhook authenticates with the provider's signature).
+    "provider",
+}
 
 
 # The data --------------------------------------------------------------------------------------
@@ -370,6 +427,13 @@ class World:
     secrets: tuple[str, ...]
     join_token: str  # used up by the fleet's one host
     host_credential: str
+
+
+@pytest.fixture(autouse=True)
+def _card_payments(settings):
+    """The sandbox payment provider on, so that its pages and webhook exist to be walked."""
+    settings.BILLING_PAYMENT_PROVIDER = "sandbox"
+    settings.BILLING_PAYMENT_WEBHOOK_SECRET = "whsec-url-access"
 
 
 @pytest.fixture
@@ -424,6 +488,7 @@ def world(db) -> World:
         **fleet.objects,
         **environment,
         "allocation": allocation,
+        **_billing(organization, member, outsider),
     }
     return World(
         organization=organization,
@@ -600,6 +665,18 @@ def _param_value(route: Route, param: str, world: World) -> str | None:
         if model_admin is not None:
             key = ADMIN_OBJECTS.get(model_admin.model._meta.label_lower)
             return str(objects[key].pk) if key else None
+    if param == "organization_id":
+        return str(world.organization.pk)
+    if param == "period":
+        return timezone.now().strftime("%Y-%m")
+    if param == "extension":
+        return "csv" if route.name.endswith("file") else "pdf"
+    if param in ("year", "month"):
+        return timezone.now().strftime("%Y" if param == "year" else "%m")
+    if param == "provider":
+        return "sandbox"
+    if param == "reference":
+        return objects["payment"].provider_reference
     if param == "pk" and route.url_name in PK_OBJECTS:
         return str(objects[PK_OBJECTS[route.url_name]].pk)
     return None
@@ -628,8 +705,24 @@ def _is_about_a(route: Route) -> bool:
     return any(param not in NEUTRAL_PARAMS for param in route.params)
 
 
+# Billing's operator side: prices, credits, top-up decisions, vouchers, revenue.
+BILLING_OPERATOR_API = {
+    "api:billing-price-list",
+    "api:billing-price-detail",
+    "api:billing-wallet-credit",
+    "api:billing-top-up-list",
+    "api:billing-top-up-approve",
+    "api:billing-top-up-reject",
+    "api:billing-voucher-list",
+    "api:billing-revenue",
+}
+
+
 def _is_fleet(route: Route) -> bool:
-    """Operator-only routes of the fleet (its API and pages; the admin is checked as admin)."""
+    """Operator-only routes of the fleet (its API and pages; the admin is checked as admin),
+    and billing's operator side."""
+    if route.namespace == "billing_operator" or route.name in BILLING_OPERATOR_API:
+        return True
     module = getattr(route.callback, "__module__", "") or ""
     return module.startswith("machines.") and route.name not in {
         *FLEET_FOR_EVERYONE,
@@ -643,7 +736,7 @@ def _is_fleet(route: Route) -> bool:
 
 
 def _methods(route: Route) -> tuple[str, ...]:
-    if route.kind in {"api", "agent"}:
+    if route.kind in {"api", "agent", "webhook"}:
         return ("get", "post", "patch", "delete")
     if route.kind == "portal":
         return ("get", "post")
@@ -725,6 +818,7 @@ def _table_fingerprint(ignore_logout_of: User | None = None) -> dict[str, tuple[
             "accounts",
             "machines",
             "environments",
+            "billing",
             "account",
             "mfa",
             "auth",
@@ -775,6 +869,8 @@ def test_url_access(route: Route, world: World):
             _assert_api_refusal(route, method, url, response)
         elif route.kind == "agent":
             _assert_agent_join_refuses(method, url, response)
+        elif route.kind == "webhook":
+            assert response.status_code in (400, 404, 405), (method, url, response.status_code)
         elif route.kind == "admin":
             _assert_admin_refuses(route, method, url, response)
         elif route.kind == "allauth" and route.url_name not in ALLAUTH_ANONYMOUS:
@@ -887,3 +983,49 @@ def _assert_operator_admin(route: Route, url: str, response) -> None:
     assert response.status_code == expected, (
         f"operator GET {url} ({route.name}): {response.status_code}, expected {expected}"
     )
+
+
+def _billing(organization, member, outsider) -> dict:
+    from billing.models import Payment, ReconciliationRun, RunInterval, Source
+    from billing.services.metering import meter_open
+    from billing.services.prices import Quantities, price_set
+    from billing.services.recharge import top_up_request, voucher_create, voucher_redeem
+    from billing.services.wallets import wallet_credit, wallet_get
+
+    operator = OperatorFactory(email="bill@operators.test")
+    price = price_set(operator=operator, resource="gpu_hour", amount="2")
+    wallet_get(outsider.memberships.get().organization)
+    wallet = wallet_get(organization)
+    entry = wallet_credit(
+        operator=operator,
+        organization=organization,
+        amount="100",
+        reason="acme opening",
+        kind="recharge",
+    )
+    meter = meter_open(
+        reference="environment:acme:run",
+        organization=organization,
+        label="acme-train",
+        quantities=Quantities(kind="compute", gpu_count=1),
+        source="host:acme",
+    )
+    top_up = top_up_request(user=member, organization=organization, amount="5", reference="ACME-T")
+    voucher = voucher_create(operator=operator, amount="5", code="ACME-WELCOME", max_redemptions=9)
+    redemption = voucher_redeem(user=member, organization=organization, code="ACME-WELCOME")
+    payment = Payment.objects.create(
+        wallet=wallet, provider="sandbox", provider_reference="acme-pay", amount=5, currency="USD"
+    )
+    return {
+        "price": price,
+        "wallet": wallet,
+        "ledger_entry": entry,
+        "meter": meter,
+        "source": Source.objects.get(key="host:acme"),
+        "run_interval": RunInterval.objects.get(meter=meter),
+        "top_up": top_up,
+        "voucher": voucher,
+        "voucher_redemption": redemption,
+        "payment": payment,
+        "reconciliation_run": ReconciliationRun.objects.create(differences=[]),
+    }

@@ -32,6 +32,7 @@ from ..choices import EnvironmentStatus, PlacementStrategy, PortRole, StatusReas
 from ..models import Environment, EnvironmentEvent, GPUAssignment, Image, PortAllocation, Spec
 from .access import environment_access_changed
 from .autostop import auto_stop_validate
+from .billing import environment_billing_changed, environment_require_funds
 from .images import image_resolve, registry_auth_for
 from .jupyter import jupyter_token, jupyter_token_new, jupyter_wanted
 from .placement import NoCapacity, place
@@ -119,6 +120,7 @@ def environment_transition(
         )
         environment_notify(environment, event=str(message)[:500])
         environment_access_changed(environment, previous, target)
+        environment_billing_changed(environment, previous, target)
     return True
 
 
@@ -383,6 +385,7 @@ def environment_create(
     auto_stop = auto_stop_validate(
         stop_at, max_runtime_minutes, idle_stop_minutes, idle_gpu_percent
     )
+    environment_require_funds(organization, spec, region=region)
     try:
         with transaction.atomic():
             _check_quota(organization, gpus=spec.gpu_count, new_environment=True)
@@ -453,6 +456,12 @@ def environment_start(
             _("Only a stopped environment can be started; this one is %(status)s.")
             % {"status": environment.get_status_display()}
         )
+    environment_require_funds(
+        environment.organization,
+        environment.spec,
+        region=environment.host.region,
+        without_gpu=without_gpu,
+    )
     gpu_count = 0 if without_gpu else environment.spec.gpu_count
     with transaction.atomic():
         _check_quota(environment.organization, gpus=gpu_count, new_environment=False)

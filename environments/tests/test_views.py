@@ -120,6 +120,25 @@ def test_specs_and_images_pages(browser, spec, image, host):
     assert image.reference in images
 
 
+def test_the_spec_list_shows_prices_and_estimates_a_duration(browser, spec, host):
+    from decimal import Decimal
+
+    from billing.choices import PriceResource
+    from billing.tests.factories import PriceFactory
+
+    PriceFactory(resource=PriceResource.GPU_HOUR, amount=Decimal("2.5"))
+    PriceFactory(resource=PriceResource.GPU_HOUR, region=host.region.slug, amount=Decimal("3"))
+    page = browser.get(reverse("environments:spec_list")).content.decode()
+    assert 'data-testid="spec-rate">2.50 USD<' in page
+    url = reverse("environments:spec_list")
+    page = browser.get(url, {"hours": "10", "region": host.region.slug}).content.decode()
+    assert 'data-testid="spec-rate">3.00 USD<' in page
+    assert 'data-testid="spec-estimate">30.00 USD<' in page
+    refused = browser.get(url, {"hours": "-1"}).content.decode()
+    assert 'data-testid="estimate-errors"' in refused
+    assert 'data-testid="spec-estimate">2.50 USD<' in refused  # one hour, default prices
+
+
 def test_fleet_overview_counts_allocated_gpus_and_hosts(
     client, operator, customer, organization, image
 ):

@@ -11,6 +11,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from billing.services.wallets import currency
+from billing.templatetags.billing_format import money
 from remotegpu.core.errors import ValidationError
 from remotegpu.core.pages import (
     ScopedDetailView,
@@ -25,6 +27,7 @@ from ..filters import EnvironmentFilter
 from ..forms import EnvironmentAutoStopForm, EnvironmentCreateForm, EnvironmentStartForm
 from ..services import autostop, lifecycle
 from ..services.access import environment_may_open
+from ..services.billing import specs_rates
 from ..services.connection import environment_connection
 
 
@@ -104,6 +107,30 @@ class EnvironmentCreateView(ServiceFormView):
             **super().get_form_kwargs(),
             "user": self.request.user,
             "organization": self.request.organization,
+        }
+
+    def get_form(self, form_class=None):
+        """Each spec says its price per hour (at the default price, any region)."""
+        form = super().get_form(form_class)
+        field = form.fields["spec"]
+        rates = specs_rates(list(field.queryset))
+        self.spec_prices = {
+            str(pk): _("≈ %(price)s per hour") % {"price": money(rate, currency())}
+            for pk, rate in rates.items()
+        }
+        describe = field.label_from_instance
+        field.label_from_instance = lambda spec: " — ".join(
+            filter(None, [describe(spec), self.spec_prices.get(str(spec.pk))])
+        )
+        return form
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        chosen = str(context["form"]["spec"].value() or "")
+        return {
+            **context,
+            "spec_prices": self.spec_prices,
+            "spec_price": self.spec_prices.get(chosen, ""),
         }
 
     def perform(self, form):

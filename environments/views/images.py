@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
+
 from django.contrib import messages
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils.translation import ngettext
 
+from billing.services.wallets import CENT, currency
 from remotegpu.core.pages import ScopedListView, ServiceFormView
 
 from .. import selectors
-from ..forms import ImagePrepullForm
+from ..forms import ImagePrepullForm, SpecEstimateForm
 from ..models import Image
+from ..services.billing import specs_rates
 from ..services.images import image_prepull
 
 
@@ -33,7 +37,24 @@ class SpecListView(ScopedListView):
         context = super().get_context_data(**kwargs)
         specs = list(context["object_list"])
         availability = selectors.spec_availability(specs)
-        context["specs"] = [(spec, availability[spec.pk]) for spec in specs]
+        # The estimate: each spec's price per hour, and for how many hours in which region.
+        form = SpecEstimateForm(self.request.GET or None)
+        hours, region = Decimal(1), None
+        if form.is_valid():
+            hours, region = form.cleaned_data["hours"], form.cleaned_data["region"]
+        rates = specs_rates(specs, region=region)
+        context["estimate_form"] = form
+        context["hours"] = hours
+        context["currency"] = currency()
+        context["specs"] = [
+            (
+                spec,
+                availability[spec.pk],
+                rates[spec.pk],
+                (rates[spec.pk] * hours).quantize(CENT, ROUND_HALF_UP),
+            )
+            for spec in specs
+        ]
         return context
 
 

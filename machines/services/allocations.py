@@ -146,7 +146,19 @@ def _transition(allocation: Allocation, *, source, target: str, **fields) -> boo
             setattr(allocation, name, value)
         if S.ACTIVE in (*sources, target):  # the tenant's SSH opens or closes
             gateway_access_changed([allocation.host_id])
+        for listener in _status_listeners:
+            listener(allocation)
     return bool(updated)
+
+
+# Called with the allocation after each change of its status, inside the transaction (billing
+# meters an active allocation).
+_status_listeners: list[Callable[[Allocation], object]] = []
+
+
+def allocation_status_listener(function: Callable[[Allocation], object]):
+    _status_listeners.append(function)
+    return function
 
 
 def _audit(action: str, allocation: Allocation, actor: User | None = None, **details) -> None:

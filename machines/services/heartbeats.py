@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -110,24 +111,42 @@ def heartbeats_store(pending: list[PendingHeartbeat]) -> int:
         rows = _sample_rows([item for item in pending if item.host_id in host_ids], gpu_ids)
         with transaction.atomic():
             _store(cursor, host_ids, *rows)
+            seen = {host_id: (row[1], host_ids[host_id]) for host_id, row in rows[2].items()}
+            for listener in _stored_listeners:
+                listener(seen)
     return len(pending)
 
 
-def _existing_rows(cursor, host_ids: list[int]) -> tuple[set[int], dict[tuple[int, str], int]]:
-    """The hosts of the batch that still exist, and their GPUs' ids by (host, UUID), in one
-    query. A host deleted in the admin keeps its socket until the next resync; its heartbeats
-    are skipped here instead of failing everybody's batch on a foreign key. (A host deleted
-    during the flush itself can still fail that one batch, which is logged and dropped; locking
-    the rows for that rare case would take them in the reverse order of Django's cascading
-    delete, and could deadlock instead.)"""
+# Called with {host id: (when its latest heartbeat of the batch arrived, its heartbeat
+# interval in seconds)}, inside the batch's transaction (billing bills what runs on a host no
+# further than it was seen).
+_stored_listeners: list[Callable[[dict[int, tuple[datetime, float]]], object]] = []
+
+
+def heartbeats_stored_listener(function: Callable[[dict[int, tuple[datetime, float]]], object]):
+    _stored_listeners.append(function)
+    return function
+
+
+def _existing_rows(
+    cursor, host_ids: list[int]
+) -> tuple[dict[int, float], dict[tuple[int, str], int]]:
+    """The hosts of the batch that still exist (with their heartbeat interval in seconds: the
+    agent's own when it said one), and their GPUs' ids by (host, UUID), in one query. A host
+    deleted in the admin keeps its socket until the next resync; its heartbeats are skipped
+    here instead of failing everybody's batch on a foreign key. (A host deleted during the
+    flush itself can still fail that one batch, which is logged and dropped; locking the rows
+    for that rare case would take them in the reverse order of Django's cascading delete, and
+    could deadlock instead.)"""
     cursor.execute(
-        "SELECT h.id, g.id, g.uuid FROM machines_host h "
+        "SELECT h.id, coalesce(h.agent_heartbeat_interval, h.heartbeat_interval), g.id, g.uuid "
+        "FROM machines_host h "
         "LEFT JOIN machines_gpu g ON g.host_id = h.id WHERE h.id = ANY(%s)",
         [host_ids],
     )
-    existing, gpu_ids = set(), {}
-    for host_id, gpu_id, uuid in cursor.fetchall():
-        existing.add(host_id)
+    existing, gpu_ids = {}, {}
+    for host_id, interval, gpu_id, uuid in cursor.fetchall():
+        existing[host_id] = interval
         if gpu_id is not None:
             gpu_ids[(host_id, uuid)] = gpu_id
     return existing, gpu_ids

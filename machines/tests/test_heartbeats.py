@@ -259,8 +259,8 @@ def _batch(hosts, count: int) -> list[PendingHeartbeat]:
 
 
 # Hosts and GPUs of the batch; savepoint; host and GPU sample inserts; host and GPU figure
-# updates; offline hosts back online; savepoint release.
-FLUSH_QUERIES = 8
+# updates; offline hosts back online; what billing is told (the hosts seen); savepoint release.
+FLUSH_QUERIES = 9
 
 
 @pytest.mark.parametrize("count", [10, 50])

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         _manage("migrate", "--no-input", "-v", "0", env=env)
         _manage("seed_demo", env=env)
         _seed_environments(env)
+        _manage("seed_billing_demo", env=env)
 
         python = shlex.quote(sys.executable)
         manager = Manager(Printer(sys.stdout))

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
@@ -66,6 +67,7 @@ INSTALLED_APPS = [
     "accounts",
     "machines",
     "environments",
+    "billing",
 ]
 
 MIDDLEWARE = [
@@ -102,6 +104,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "django.template.context_processors.i18n",
                 "accounts.context_processors.portal",
+                "billing.context_processors.wallet",
             ],
         },
     },
@@ -220,6 +223,10 @@ SPECTACULAR_SETTINGS = {
         "RoleEnum": "accounts.choices.Role",
         "PortRoleEnum": "environments.choices.PortRole",
         "EnvironmentStatusEnum": "environments.choices.EnvironmentStatus",
+        # Three fields called "kind" would otherwise get numbered names (Kind103Enum).
+        "KindEnum": "machines.choices.CommandKind",
+        "EntryKindEnum": "billing.choices.EntryKind",
+        "CreditKindEnum": "billing.api.serializers.CREDIT_KINDS",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -310,11 +317,21 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30,
         "options": {"expires": 30},
     },
+    "billing-tick": {
+        "task": "billing.tasks.billing_tick_task",
+        "schedule": 60,
+        "options": {"expires": 60},
+    },
+    "billing-reconcile": {
+        "task": "billing.tasks.billing_reconcile_task",
+        "schedule": crontab(hour=3, minute=17),
+    },
 }
 # Environments: how long provisioning (a pull included) may take before it fails with
 # provision_timeout; the pids limit of every container; how long a labelled container that no
 # environment owns is left before it is removed (it may be a create the database has not seen).
 ENVIRONMENT_PROVISION_TIMEOUT = int(env("ENVIRONMENT_PROVISION_TIMEOUT", "900"))
+
 ENVIRONMENT_PIDS_LIMIT = int(env("ENVIRONMENT_PIDS_LIMIT", "4096"))
 ENVIRONMENT_ORPHAN_GRACE_SECONDS = int(env("ENVIRONMENT_ORPHAN_GRACE_SECONDS", "300"))
 # Seconds a request for an environment's output waits for its host to answer.
@@ -327,6 +344,13 @@ METRIC_RAW_RETENTION_HOURS = int(env("METRIC_RAW_RETENTION_HOURS", "48"))
 METRIC_ROLLUP_RETENTION_DAYS = int(env("METRIC_ROLLUP_RETENTION_DAYS", "35"))
 # Bearer token Prometheus scrapes /metrics with; unset, the endpoint does not exist (404).
 PROMETHEUS_TOKEN = env("PROMETHEUS_TOKEN", "")
+
+# Billing: one currency for every wallet (ISO 4217), and what happens at zero balance.
+BILLING_CURRENCY = env("BILLING_CURRENCY", "USD").upper()
+BILLING_GRACE_SECONDS = int(env("BILLING_GRACE_SECONDS", "300"))
+# The payment provider customers pay by card through ("" for none) and its webhook secret.
+BILLING_PAYMENT_PROVIDER = env("BILLING_PAYMENT_PROVIDER", "")
+BILLING_PAYMENT_WEBHOOK_SECRET = env("BILLING_PAYMENT_WEBHOOK_SECRET", "")
 
 LOGGING = {
     "version": 1,

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from django.utils import timezone
 
 from accounts.choices import Role
 from accounts.services.tokens import token_create
@@ -273,6 +274,44 @@ def test_a_container_removed_by_hand_marks_its_environment_lost(
     assert not GPUAssignment.objects.filter(
         environment_id=environment_id, released_at__isnull=True
     ).exists()
+
+
+def test_out_of_balance_stops_its_real_container_after_the_grace_period(
+    agent_host, customer_api, registry_image, docker_client, settings
+):
+    """Billing on real parts: a real run is charged from the agent's report, the balance runs
+    out, and after the grace period the real container is gone while its volume stays."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from billing.choices import EntryKind, PriceResource
+    from billing.models import Price
+    from billing.services.balance import balances_check
+    from billing.services.metering import billing_tick
+    from billing.services.wallets import wallet_get, wallet_post
+
+    host, agent, _, _ = agent_host
+    api, organization = customer_api
+    settings.BILLING_GRACE_SECONDS = 300
+    Price.objects.create(resource=PriceResource.GPU_HOUR, amount=Decimal("36"))
+    wallet_post(wallet_get(organization), kind=EntryKind.RECHARGE, amount=Decimal(36), key="it")
+    environment_id = _running_environment(api, agent, host, registry_image, "broke-1")
+    container = _container(docker_client, environment_id)
+    volume = container.attrs["Mounts"][0]["Name"]
+
+    # The hour it paid for, spent at once (an adjustment), and what the run used since.
+    wallet_post(
+        wallet_get(organization), kind=EntryKind.ADJUSTMENT, amount=Decimal(-36), key="it-spent"
+    )
+    later = timezone.now()
+    billing_tick(later)
+    assert wallet_get(organization).balance <= 0
+    assert balances_check(later)["depleted"] == 1
+    assert balances_check(later + timedelta(seconds=301))["stopped"] == 1
+    environment = _wait_status(api, environment_id, S.STOPPED, agent)
+    assert environment["status_reason"] == StatusReason.OUT_OF_BALANCE
+    assert _container(docker_client, environment_id) is None
+    assert docker_client.volumes.get(volume).name == volume
 
 
 def test_an_unknown_labelled_container_is_removed_after_the_grace_period(

@@ -1,0 +1,1 @@
+"""Payment providers: the interface a card processor implements (``base``) and the sandbox."""
