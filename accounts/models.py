@@ -7,7 +7,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from remotegpu.core.models import TimeStampedModel
+from remotegpu.core.models import AppendOnlyModel, TimeStampedModel
 
 from .choices import AuditAction, InvitationStatus, NotificationLevel, Role
 
@@ -254,15 +254,7 @@ class SSHKey(TimeStampedModel):
         return f"{self.name} ({self.fingerprint})"
 
 
-class AuditEventQuerySet(models.QuerySet):
-    def update(self, **kwargs):
-        raise TypeError("Audit events are append-only.")
-
-    def delete(self):
-        raise TypeError("Audit events are append-only.")
-
-
-class AuditEvent(models.Model):
+class AuditEvent(AppendOnlyModel):
     """An append-only record of something security-relevant that happened."""
 
     created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
@@ -293,8 +285,6 @@ class AuditEvent(models.Model):
     user_agent = models.CharField(_("user agent"), max_length=500, blank=True)
     details = models.JSONField(_("details"), default=dict, blank=True)
 
-    objects = AuditEventQuerySet.as_manager()
-
     class Meta:
         verbose_name = _("audit event")
         verbose_name_plural = _("audit events")
@@ -306,14 +296,6 @@ class AuditEvent(models.Model):
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_email or '-'} {self.action}"
-
-    def save(self, *args, **kwargs):
-        if self.pk is not None:
-            raise TypeError("Audit events are append-only.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise TypeError("Audit events are append-only.")
 
 
 class Notification(models.Model):

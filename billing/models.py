@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Organization
-from remotegpu.core.models import TimeStampedModel
+from remotegpu.core.models import AppendOnlyModel, TimeStampedModel
 
 from .choices import EntryKind, MeterKind, PaymentStatus, PriceResource, TopUpStatus
 
@@ -105,14 +105,6 @@ class Wallet(TimeStampedModel):
         return f"{self.organization} ({self.currency})"
 
 
-class LedgerEntryQuerySet(models.QuerySet):
-    def update(self, **kwargs):
-        raise TypeError("Ledger entries are append-only.")
-
-    def delete(self):
-        raise TypeError("Ledger entries are append-only.")
-
-
 class Meter(models.Model):
     """One billable thing, named by the app that owns it, with what its price depends on.
     ``rate`` is its price per hour now, kept in step with the price list."""
@@ -190,7 +182,7 @@ class RunInterval(models.Model):
         return f"{self.meter_id} {self.started_at:%Y-%m-%d %H:%M:%S}"
 
 
-class LedgerEntry(models.Model):
+class LedgerEntry(AppendOnlyModel):
     """A movement of money, never changed or removed: a correction is a new entry. The
     idempotency key makes a retried charge, approval or webhook count once."""
 
@@ -230,8 +222,6 @@ class LedgerEntry(models.Model):
         db_index=False,
     )
 
-    objects = LedgerEntryQuerySet.as_manager()
-
     class Meta:
         verbose_name = _("ledger entry")
         verbose_name_plural = _("ledger entries")
@@ -243,14 +233,6 @@ class LedgerEntry(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} {self.amount} {self.currency}"
-
-    def save(self, *args, **kwargs):
-        if self.pk is not None:
-            raise TypeError("Ledger entries are append-only.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise TypeError("Ledger entries are append-only.")
 
 
 class TopUpRequest(TimeStampedModel):

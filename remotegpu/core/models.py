@@ -10,3 +10,31 @@ class TimeStampedModel(models.Model):
 
     class Meta:
         abstract = True
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """Rows are added, never changed or removed (in bulk either)."""
+
+    def update(self, **kwargs):
+        raise TypeError(f"{self.model._meta.object_name} rows are append-only.")
+
+    def delete(self):
+        raise TypeError(f"{self.model._meta.object_name} rows are append-only.")
+
+
+class AppendOnlyModel(models.Model):
+    """Base for records that are written once: the audit log, the ledger. A correction is a
+    new row."""
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise TypeError(f"{self._meta.object_name} rows are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError(f"{self._meta.object_name} rows are append-only.")
