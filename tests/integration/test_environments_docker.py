@@ -74,6 +74,14 @@ def agent_host(daphne_server, docker_client, tmp_path):
         process=agent,
     )
     wait_until(lambda: host.gpus.count() == 2, timeout=10, what="its GPUs", process=agent)
+    # Placement counts healthy GPUs per model (``HostGPUModel``), kept apart from the GPU rows:
+    # a create sent between the two found no capacity once in CI.
+    wait_until(
+        lambda: host.gpu_counts.filter(healthy=2).exists(),
+        timeout=10,
+        what="its GPUs counted for placement",
+        process=agent,
+    )
     yield host, agent, state, control
     agent.stop()
     remove_labelled(docker_client)
