@@ -7,9 +7,11 @@ already hold the image first, then binpack (the fullest host that fits) by defau
 (the emptiest) on request.
 
 The database, not the scheduler's care, makes double-booking impossible: one open assignment
-per GPU (a partial unique index), GPU rows taken with ``select_for_update(skip_locked=True)``.
-Of N requests for the last free GPU exactly one gets it; the others find nothing to lock and
-get a clear "no capacity" answer naming what is free instead.
+per GPU (a partial unique index), each GPU taken under its own advisory lock, tried without
+waiting (``pg_try_advisory_xact_lock``: skip-locked semantics on a lock only placements take,
+so a GPU row a heartbeat is updating is not mistaken for one being taken). Of N requests for
+the last free GPU exactly one gets it; the others find nothing to lock and get a clear "no
+capacity" answer naming what is free instead.
 """
 
 from __future__ import annotations
@@ -240,17 +242,43 @@ class Placement:
     gpus: list[GPU]
 
 
+# pg advisory lock space (the two-int4 form, apart from the one-bigint form) of "a placement is
+# taking this GPU". Not a row lock: heartbeats update every GPU row each interval, and a GPU
+# row locked for a heartbeat's metrics is free all the same (skipping it refused creates).
+GPU_PLACEMENT_LOCK = 7_310_002
+
+
+def _try_lock_gpus(gpu_ids: list[int], count: int) -> list[int]:
+    """Up to ``count`` of ``gpu_ids``, in order, that no other placement is taking: each one's
+    advisory lock tried without waiting, held until the transaction ends."""
+    locked: list[int] = []
+    with connection.cursor() as cursor:
+        for gpu_id in gpu_ids:
+            cursor.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, (%s::bigint %% 2147483647)::int)",
+                [GPU_PLACEMENT_LOCK, gpu_id],
+            )
+            if cursor.fetchone()[0]:
+                locked.append(gpu_id)
+                if len(locked) == count:
+                    break
+    return locked
+
+
 def _take_gpus(environment: Environment, host: Host, count: int, gpu_model: str) -> list[GPU]:
-    """Lock ``count`` free GPUs of ``host`` (skipping ones another placement holds) and assign
-    them; [] when they cannot all be had."""
+    """Take ``count`` free GPUs of ``host``, skipping ones another placement is taking, and
+    assign them; [] when they cannot all be had. Two placements never take the same GPU: each
+    holds a GPU's advisory lock while it takes it, and the partial unique index on open
+    assignments stops one that raced past the lock (an ``IntegrityError``)."""
     if count == 0:
         return []
-    gpus = list(
-        free_gpus(gpu_model)
-        .filter(host=host)
-        .order_by("index")
-        .select_for_update(skip_locked=True, of=("self",))[:count]
+    free = list(
+        free_gpus(gpu_model).filter(host=host).order_by("index").values_list("pk", flat=True)
     )
+    locked = _try_lock_gpus(free, count)
+    # A placement that committed between our listing and our lock has let its lock go: look
+    # again, in a statement that sees its assignment.
+    gpus = list(free_gpus(gpu_model).filter(pk__in=locked).order_by("index"))
     if len(gpus) < count:
         return []
     now = timezone.now()

@@ -4,13 +4,14 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.choices import Role
 from accounts.tests.factories import MembershipFactory, OrganizationFactory
 from environments.choices import EnvironmentStatus, PlacementStrategy
 from environments.models import Environment, GPUAssignment
+from environments.services import placement
 from environments.services.lifecycle import environment_create, environment_start
 from environments.services.placement import (
     NoCapacity,
@@ -154,6 +155,73 @@ def test_32_concurrent_creates_for_the_last_free_gpu_get_exactly_one():
     assert sorted(outcomes) == [201] + [409] * 31
     assert Environment.objects.count() == 1
     assert GPUAssignment.objects.filter(released_at__isnull=True).count() == 1
+
+
+class _Holder(threading.Thread):
+    """Another connection that runs ``statement`` in a transaction and keeps it open (what it
+    locks stays locked) until ``release()``."""
+
+    def __init__(self, statement: str, params: list):
+        super().__init__()
+        self.statement, self.params = statement, params
+        self.holding, self.done = threading.Event(), threading.Event()
+
+    def run(self):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(self.statement, self.params)
+                self.holding.set()
+                self.done.wait(timeout=30)
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.start()
+        assert self.holding.wait(timeout=10)
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.join()
+
+
+def _create(name="one", gpu_count=1):
+    owner = MembershipFactory(role=Role.OWNER)
+    return environment_create(
+        user=owner.user,
+        organization=owner.organization,
+        name=name,
+        spec=SpecFactory(gpu_count=gpu_count, vcpu=1, memory_gib=1),
+        image=ImageFactory(),
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gpus_a_heartbeat_is_updating_are_still_free():
+    """A heartbeat batch updates every GPU row of its hosts (the latest metrics) each interval:
+    a create meanwhile still gets them (CI once saw "no capacity" here, GPU rows skipped as
+    locked)."""
+    host = host_with_gpus(2)
+    with _Holder("UPDATE machines_gpu SET utilization = 50 WHERE host_id = %s", [host.pk]):
+        environment = _create(gpu_count=2)
+    assert environment.host == host
+    assert environment.gpu_assignments.filter(released_at__isnull=True).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_gpu_another_placement_is_taking_is_skipped():
+    host = host_with_gpus(2)
+    first = host.gpus.order_by("index").first()
+    with _Holder(
+        "SELECT pg_try_advisory_xact_lock(%s, %s)", [placement.GPU_PLACEMENT_LOCK, first.pk]
+    ):
+        environment = _create()
+        taken = environment.gpu_assignments.get().gpu
+        assert taken != first
+        assert taken.host == host
+        with pytest.raises(NoCapacity):
+            _create(name="two")  # the one left is being taken (until that placement ends)
+    assert _create(name="three").gpu_assignments.get().gpu == first
 
 
 # Whole-machine allocations ------------------------------------------------------------------
