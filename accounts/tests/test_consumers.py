@@ -16,7 +16,7 @@ from accounts.services.notifications import notification_create, notification_gr
 from accounts.tests.factories import NotificationFactory, UserFactory
 
 PATH = "/ws/notifications/"
-TIMEOUT = 3
+TIMEOUT = 10  # a bound on waits for what must come, not a pace: CI machines are loaded
 
 # Sockets only see committed rows, and notifications are pushed on commit.
 pytestmark = pytest.mark.django_db(transaction=True)
