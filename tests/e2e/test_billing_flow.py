@@ -25,10 +25,8 @@ from billing.services.wallets import wallet_get, wallet_post
 from environments.choices import EnvironmentStatus as S
 from environments.models import Environment
 from environments.tests.factories import ImageFactory, SpecFactory
-from machines.choices import HostStatus
-from machines.models import Host
-from remotegpu.core.testing_docker import busybox_image, remove_labelled, require_docker
-from tests.integration.conftest import START_TIMEOUT, join_agent, start_agent, wait_until
+from remotegpu.core.testing_docker import busybox_image, require_docker
+from tests.integration.conftest import docker_agent, wait_until
 
 from .test_fleet_flow import sign_in
 
@@ -43,20 +41,7 @@ def test_customer_sees_the_price_the_balance_fall_the_chart_and_a_statement(
     new_daphne_page, daphne_server, tmp_path, artifacts_dir
 ):
     client = require_docker()
-    state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
-    control.write_text("{}")
-    join_agent(daphne_server, state, "e2e-billing-host")
-    agent = start_agent(state, control, tmp_path, extra_args=("--publish-address", "127.0.0.1"))
-    try:
-        host = wait_until(
-            lambda: Host.objects.filter(
-                name="e2e-billing-host", status=HostStatus.ONLINE, containers_known=True
-            ).first(),
-            timeout=START_TIMEOUT,
-            what="the host online with Docker",
-            process=agent,
-        )
-        wait_until(lambda: host.gpus.count() == 2, timeout=10, what="its GPUs", process=agent)
+    with docker_agent(daphne_server, tmp_path, "e2e-billing-host") as (host, agent, _, _):
         Price.objects.create(resource=PriceResource.GPU_HOUR, amount=Decimal("36"))
         spec = SpecFactory(
             name="1x billed GPU", gpu_model=host.gpus.first().model, vcpu=1, memory_gib=1
@@ -129,6 +114,3 @@ def test_customer_sees_the_price_the_balance_fall_the_chart_and_a_statement(
         pdf = page.request.get(table.get_by_role("link", name="PDF").first.get_attribute("href"))
         assert pdf.ok
         assert pdf.body().startswith(b"%PDF")
-    finally:
-        agent.stop()
-        remove_labelled(client)

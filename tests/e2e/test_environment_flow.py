@@ -16,8 +16,6 @@ from accounts.tests.factories import PASSWORD, MembershipFactory
 from environments.choices import EnvironmentStatus as S
 from environments.models import Environment, EnvironmentEvent
 from environments.tests.factories import ImageFactory, SpecFactory
-from machines.choices import HostStatus
-from machines.models import Host
 from remotegpu.core.testing_docker import (
     busybox_image,
     image_with_unique_layer,
@@ -25,7 +23,7 @@ from remotegpu.core.testing_docker import (
     require_docker,
     start_registry,
 )
-from tests.integration.conftest import START_TIMEOUT, join_agent, start_agent, wait_until
+from tests.integration.conftest import docker_agent, wait_until
 
 from .test_fleet_flow import sign_in
 
@@ -57,20 +55,7 @@ def test_customer_creates_watches_reads_stops_starts_and_deletes(
     new_daphne_page, daphne_server, docker_parts, tmp_path, artifacts_dir
 ):
     client, reference = docker_parts
-    state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
-    control.write_text("{}")
-    join_agent(daphne_server, state, "e2e-docker-host")
-    agent = start_agent(state, control, tmp_path, extra_args=("--publish-address", "127.0.0.1"))
-    try:
-        host = wait_until(
-            lambda: Host.objects.filter(
-                name="e2e-docker-host", status=HostStatus.ONLINE, containers_known=True
-            ).first(),
-            timeout=START_TIMEOUT,
-            what="the host online with Docker",
-            process=agent,
-        )
-        wait_until(lambda: host.gpus.count() == 2, timeout=10, what="its GPUs", process=agent)
+    with docker_agent(daphne_server, tmp_path, "e2e-docker-host") as (host, agent, _, _):
         spec = SpecFactory(
             name="1x demo GPU", gpu_model=host.gpus.first().model, vcpu=1, memory_gib=1
         )
@@ -133,5 +118,3 @@ def test_customer_creates_watches_reads_stops_starts_and_deletes(
             process=agent,
         )
         assert not client.volumes.list(filters={"name": f"rgpu-vol-{environment.pk}"})
-    finally:
-        agent.stop()

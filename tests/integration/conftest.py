@@ -19,12 +19,17 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
 from django.db import connection
+
+if TYPE_CHECKING:
+    from machines.models import Host
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT = shutil.which("remotegpu-agent") or str(Path(sys.executable).with_name("remotegpu-agent"))
@@ -209,6 +214,46 @@ def start_agent(
         *extra_args,
     ]
     return _start(name, argv, dict(os.environ), log_dir)
+
+
+@contextmanager
+def docker_agent(
+    server: DaphneServer, log_dir: Path, name: str
+) -> Iterator[tuple[Host, ManagedProcess, Path, Path]]:
+    """An agent joined as ``name`` and driving the host's Docker Engine (ports published on
+    loopback), yielded once its host is online, its containers listed and its two fake GPUs
+    counted for placement: ``(host, agent, state dir, fake-GPU control file)``. The agent is
+    stopped and every labelled container removed at the end."""
+    from machines.choices import HostStatus
+    from machines.models import Host
+    from remotegpu.core.testing_docker import remove_labelled, require_docker
+
+    client = require_docker()
+    state, control = log_dir / "state", log_dir / "fake-gpus.json"
+    control.write_text("{}")
+    join_agent(server, state, name)
+    agent = start_agent(state, control, log_dir, extra_args=("--publish-address", "127.0.0.1"))
+    try:
+        host = wait_until(
+            lambda: Host.objects.filter(
+                name=name, status=HostStatus.ONLINE, connected=True, containers_known=True
+            ).first(),
+            timeout=START_TIMEOUT,
+            what="the agent's host online with Docker",
+            process=agent,
+        )
+        # Placement counts healthy GPUs per model (``HostGPUModel``), kept apart from the GPU
+        # rows: a create sent before both are written finds no capacity.
+        wait_until(
+            lambda: host.gpus.count() == 2 and host.gpu_counts.filter(healthy=2).exists(),
+            timeout=10,
+            what="its GPUs counted for placement",
+            process=agent,
+        )
+        yield host, agent, state, control
+    finally:
+        agent.stop()
+        remove_labelled(client)
 
 
 @pytest.fixture(scope="module")

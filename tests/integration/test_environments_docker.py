@@ -30,7 +30,7 @@ from remotegpu.core.testing_docker import (
     start_registry,
 )
 
-from .conftest import START_TIMEOUT, join_agent, start_agent, wait_until
+from .conftest import START_TIMEOUT, docker_agent, start_agent, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -61,30 +61,8 @@ def registry_image(docker_client, tmp_path_factory):
 
 @pytest.fixture
 def agent_host(daphne_server, docker_client, tmp_path):
-    state, control = tmp_path / "state", tmp_path / "fake-gpus.json"
-    control.write_text("{}")
-    join_agent(daphne_server, state, f"docker-host-{tmp_path.name[-8:]}")
-    agent = start_agent(state, control, tmp_path, extra_args=("--publish-address", "127.0.0.1"))
-    host = wait_until(
-        lambda: Host.objects.filter(
-            status=HostStatus.ONLINE, connected=True, containers_known=True
-        ).first(),
-        timeout=START_TIMEOUT,
-        what="the agent's host online with Docker",
-        process=agent,
-    )
-    wait_until(lambda: host.gpus.count() == 2, timeout=10, what="its GPUs", process=agent)
-    # Placement counts healthy GPUs per model (``HostGPUModel``), kept apart from the GPU rows:
-    # a create sent between the two found no capacity once in CI.
-    wait_until(
-        lambda: host.gpu_counts.filter(healthy=2).exists(),
-        timeout=10,
-        what="its GPUs counted for placement",
-        process=agent,
-    )
-    yield host, agent, state, control
-    agent.stop()
-    remove_labelled(docker_client)
+    with docker_agent(daphne_server, tmp_path, f"docker-host-{tmp_path.name[-8:]}") as parts:
+        yield parts
 
 
 class API:
