@@ -102,5 +102,6 @@ class AuditAction(models.TextChoices):
     TOP_UP_REJECTED = "billing.top_up_rejected", _("Bank top-up rejected")
     VOUCHER_CREATED = "billing.voucher_created", _("Voucher created")
     VOUCHER_REDEEMED = "billing.voucher_redeemed", _("Voucher redeemed")
+    VOUCHER_CHANGED = "billing.voucher_changed", _("Voucher changed")
     PAYMENT_SUCCEEDED = "billing.payment_succeeded", _("Payment received")
     OUT_OF_BALANCE = "billing.out_of_balance", _("Stopped for lack of balance")

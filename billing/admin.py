@@ -1,7 +1,8 @@
 """Operator admin for billing. Money moves through services only, so that each movement is one
 ledger entry, audited: prices through ``price_set``, credits and wallet settings on the
-wallet's page, vouchers through ``voucher_create``, top-ups by the approve and reject actions.
-The ledger and what the services keep (meters, intervals, payments, runs) are read-only."""
+wallet's page, vouchers through ``voucher_create`` and ``voucher_update``, top-ups by the
+approve and reject actions. The ledger and what the services keep (meters, intervals,
+payments, runs) are read-only."""
 
 from decimal import Decimal
 
@@ -30,7 +31,7 @@ from .models import (
     Wallet,
 )
 from .services.prices import price_delete, price_set
-from .services.recharge import top_up_approve, top_up_reject, voucher_create
+from .services.recharge import top_up_approve, top_up_reject, voucher_create, voucher_update
 from .services.wallets import wallet_credit, wallet_settings_update
 
 
@@ -310,7 +311,12 @@ class VoucherAdmin(ServiceAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
+            voucher_update(
+                operator=request.user,
+                voucher=Voucher.objects.get(pk=obj.pk),
+                expires_at=obj.expires_at,
+                is_active=obj.is_active,
+            )
             return
         voucher = voucher_create(
             operator=request.user,

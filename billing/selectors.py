@@ -117,7 +117,7 @@ class Statement:
     closing_balance: Decimal
     totals: dict[str, Decimal]
     usage: list[dict]
-    entries: list[LedgerEntry]
+    entries: QuerySet[LedgerEntry]  # the month's, in time order; read them in chunks
 
     @property
     def period(self) -> str:
@@ -146,7 +146,7 @@ def statement_get(organization: Organization, year: int, month: int) -> Statemen
         closing_balance=opening + sum(totals.values(), Decimal(0)),
         totals=totals,
         usage=usage_by_resource(organization, start, end),
-        entries=list(month_entries.select_related("meter", "actor").order_by("created_at", "id")),
+        entries=month_entries.order_by("created_at", "id"),
     )
 
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, time
 
-from django.http import HttpResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -36,7 +34,7 @@ from .. import selectors
 from ..models import LedgerEntry, Price, TopUpRequest, Voucher
 from ..services import prices as price_services
 from ..services import recharge as recharge_services
-from ..services.statements import statement_csv, statement_pdf
+from ..services.statements import statement_response
 from ..services.wallets import wallet_credit, wallet_get, wallet_settings_update, wallet_summary
 from . import serializers
 from .filters import LedgerEntryFilter, TopUpFilter
@@ -230,16 +228,7 @@ class BillingViewSet(viewsets.ViewSet):
         today = timezone.now().astimezone(UTC)
         if not (1 <= month <= 12 and year >= 1) or (year, month) > (today.year, today.month):
             raise NotFound(_("No such statement."))
-        statement = selectors.statement_get(organization, year, month)
-        if extension == "csv":
-            body = statement_csv(statement).encode("utf-8-sig")  # the BOM: Excel reads UTF-8
-        else:
-            body = statement_pdf(statement)
-        response = HttpResponse(body, content_type=STATEMENT_TYPES[extension])
-        response["Content-Disposition"] = content_disposition_header(
-            True, f"statement-{organization.slug}-{period}.{extension}"
-        )
-        return response
+        return statement_response(selectors.statement_get(organization, year, month), extension)
 
     @extend_schema(
         parameters=[serializers.RevenueQuerySerializer], responses=serializers.RevenueSerializer

@@ -10,6 +10,7 @@ A month of storage is 730 hours (365 × 24 / 12).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -27,6 +28,27 @@ from .wallets import CENT, MAX_AMOUNT
 
 HOURS_PER_MONTH = 730
 TICK_LOCK = 7_310_001  # pg advisory lock: one tick (or re-pricing) at a time
+
+# Billing knows regions only by slug. The app that has them says which exist, so a price for a
+# region that is not there (a typo that would never apply) is refused rather than kept.
+_region_sources: list[Callable[[], Iterable[str]]] = []
+
+
+def region_source(function: Callable[[], Iterable[str]]):
+    """Register ``function()``, returning the slugs of the regions that exist."""
+    _region_sources.append(function)
+    return function
+
+
+def _check_region(region: str) -> None:
+    if region and _region_sources:
+        known = {slug for source in _region_sources for slug in source()}
+        if region not in known:
+            raise ValidationError.for_field(
+                "region",
+                _("No region has the slug “%(region)s”. Leave it empty for every region.")
+                % {"region": region},
+            )
 
 
 def _price(resource: str, model: str) -> str:
@@ -126,13 +148,15 @@ def price_set(
         raise ValidationError.for_field("amount", _("Enter a price of zero or more."))
     if value != value.quantize(Decimal("0.000001")):
         raise ValidationError.for_field("amount", _("Use at most six decimal places."))
+    region = region.strip()
+    _check_region(region)
     with transaction.atomic():
         billing_tick()
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [TICK_LOCK])
             price, _created = Price.objects.get_or_create(
                 resource=resource,
-                region=region.strip(),
+                region=region,
                 gpu_model=gpu_model.strip(),
                 defaults={"amount": value, "updated_by": operator},
             )

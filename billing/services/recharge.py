@@ -147,6 +147,30 @@ def voucher_create(
     return voucher
 
 
+def voucher_update(
+    *, operator: User, voucher: Voucher, expires_at: datetime | None, is_active: bool
+) -> Voucher:
+    """Change what may change of a voucher once made: its expiry and whether it is active
+    (a voucher is deactivated, never deleted: redemptions point at it). Audited."""
+    changes = {}
+    if expires_at != voucher.expires_at:
+        if expires_at is not None and expires_at <= timezone.now() and is_active:
+            raise ValidationError.for_field(
+                "expires_at", _("The expiry must be in the future (or deactivate the voucher).")
+            )
+        changes["expires_at"] = [
+            value.isoformat() if value else None for value in (voucher.expires_at, expires_at)
+        ]
+    if bool(is_active) != voucher.is_active:
+        changes["is_active"] = [voucher.is_active, bool(is_active)]
+    if not changes:
+        return voucher
+    voucher.expires_at, voucher.is_active = expires_at, bool(is_active)
+    voucher.save(update_fields=["expires_at", "is_active"])
+    audit_record(AuditAction.VOUCHER_CHANGED, actor=operator, target=voucher, details=changes)
+    return voucher
+
+
 def voucher_redeem(*, user: User, organization: Organization, code: str) -> VoucherRedemption:
     """Credit the voucher's amount to the organisation, within its limits; the voucher row
     is locked, so concurrent redemptions count right."""
@@ -154,8 +178,8 @@ def voucher_redeem(*, user: User, organization: Organization, code: str) -> Vouc
     invalid = ValidationError.for_field("code", _("This voucher code is not valid."))
     if not code:
         raise ValidationError.for_field("code", _("Enter a voucher code."))
-    wallet = wallet_get(organization)
-    with transaction.atomic():
+    with transaction.atomic():  # a refusal keeps nothing, not even a first-use wallet
+        wallet = wallet_get(organization)
         voucher = Voucher.objects.select_for_update().filter(code=code, is_active=True).first()
         if voucher is None:
             raise invalid

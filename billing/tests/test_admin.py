@@ -24,6 +24,7 @@ from billing.models import (
     VoucherRedemption,
     Wallet,
 )
+from billing.services import prices
 from billing.services.metering import meter_open
 from billing.services.prices import Quantities
 from billing.services.recharge import top_up_request, voucher_redeem
@@ -143,7 +144,8 @@ def test_the_ledger_cannot_be_changed_or_deleted(operator_client, rows):
     assert entry.amount == Decimal(50)
 
 
-def test_a_price_saved_in_the_admin_goes_through_the_service(operator_client, rows):
+def test_a_price_saved_in_the_admin_goes_through_the_service(operator_client, rows, monkeypatch):
+    monkeypatch.setattr(prices, "_region_sources", [lambda: ["eu"]])  # regions exist
     response = operator_client.post(
         _url(Price, "add"),
         {"resource": "vcpu_hour", "region": "eu", "gpu_model": "", "amount": "0.05"},
@@ -254,6 +256,8 @@ def test_a_voucher_made_in_the_admin_goes_through_the_service(operator_client, r
     assert response.status_code == 302, response.content
     voucher.refresh_from_db()
     assert (voucher.is_active, voucher.amount) == (False, Decimal("12.5"))
+    change = AuditEvent.objects.get(action=AuditAction.VOUCHER_CHANGED)
+    assert change.details == {"is_active": [True, False]}
 
     # A past expiry is refused by the service, and nothing is made.
     count = Voucher.objects.count()

@@ -14,6 +14,7 @@ from accounts.choices import AuditAction
 from accounts.models import AuditEvent
 from billing.choices import EntryKind, PriceResource, TopUpStatus
 from billing.models import LedgerEntry, Price, TopUpRequest, Voucher, VoucherRedemption, Wallet
+from billing.services import prices
 from billing.services.metering import meter_open
 from billing.services.prices import Quantities
 from billing.services.recharge import top_up_request, voucher_redeem
@@ -402,8 +403,8 @@ def test_nothing_leaks_between_organisations(token_client_for, owner, outsider, 
         client = token_client_for(user, write=False)
         for url in reads:
             response = client.get(f"{BASE}/{url}")
-            assert response.status_code == 200, (url, response.content)
-            text = response.content.decode("utf-8", errors="replace").lower()
+            assert response.status_code == 200, (url, response.getvalue())
+            text = response.getvalue().decode("utf-8", errors="replace").lower()
             assert other not in text, (user, url)
             if url in ("records/", "ledger/") or url.endswith(".csv"):
                 assert own in text, (user, url)
@@ -430,7 +431,7 @@ def test_statements_list_and_files(token_client_for, member, organization):
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert "statement-" in response["Content-Disposition"]
     assert "2026-01.csv" in response["Content-Disposition"]
-    text = response.content.decode("utf-8-sig")
+    text = response.getvalue().decode("utf-8-sig")
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == ["Organisation", organization.name]
     assert rows[4] == ["Closing balance", "27.500000"]
@@ -503,7 +504,8 @@ def test_operator_endpoints_refuse_customers(
     assert _money_state() == before
 
 
-def test_operators_set_change_and_delete_prices(token_client_for, operator):
+def test_operators_set_change_and_delete_prices(token_client_for, operator, monkeypatch):
+    monkeypatch.setattr(prices, "_region_sources", [lambda: ["eu-1"]])  # regions exist
     client = token_client_for(operator)
     response = client.post(
         f"{BASE}/prices/",
@@ -548,6 +550,7 @@ def test_operators_set_change_and_delete_prices(token_client_for, operator):
         ({"resource": "gpu_hour"}, "amount"),
         ({"resource": "bitcoin_hour", "amount": "1"}, "resource"),
         ({"resource": "gpu_hour", "amount": "1", "region": "not a slug"}, "region"),
+        ({"resource": "gpu_hour", "amount": "1", "region": "mars-1"}, "region"),  # no such region
     ],
 )
 def test_bad_prices_are_refused(token_client_for, operator, body, field):

@@ -19,6 +19,7 @@ from billing.services.recharge import (
     top_up_request,
     voucher_create,
     voucher_redeem,
+    voucher_update,
 )
 from billing.services.wallets import wallet_credit, wallet_get
 from remotegpu.core.errors import Conflict, ValidationError
@@ -75,6 +76,35 @@ def test_a_voucher_redeemed_twice_credits_once(owner, organization, operator):
         voucher_redeem(user=owner, organization=organization, code="WELCOME-2026")
     assert _balance(organization) == Decimal("20")
     assert LedgerEntry.objects.get().kind == EntryKind.PROMOTION
+
+
+def test_a_refused_redemption_keeps_nothing(owner, organization, operator):
+    from billing.models import Wallet
+
+    with pytest.raises(ValidationError, match="not valid"):
+        voucher_redeem(user=owner, organization=organization, code="NO-SUCH-CODE")
+    assert not Wallet.objects.filter(organization=organization).exists()
+    assert not AuditEvent.objects.exists()
+
+
+def test_a_voucher_changed_after_it_was_made_is_audited(operator):
+    voucher = voucher_create(operator=operator, amount="5")
+    later = timezone.now() + timedelta(days=7)
+    voucher_update(operator=operator, voucher=voucher, expires_at=later, is_active=True)
+    voucher_update(operator=operator, voucher=voucher, expires_at=later, is_active=True)  # same
+    voucher_update(operator=operator, voucher=voucher, expires_at=later, is_active=False)
+    changes = AuditEvent.objects.filter(action=AuditAction.VOUCHER_CHANGED).order_by("pk")
+    assert [sorted(event.details) for event in changes] == [["expires_at"], ["is_active"]]
+    with pytest.raises(ValidationError) as refused:
+        voucher_update(
+            operator=operator,
+            voucher=voucher,
+            expires_at=timezone.now() - timedelta(days=1),
+            is_active=True,
+        )
+    assert set(refused.value.fields) == {"expires_at"}
+    voucher.refresh_from_db()
+    assert (voucher.expires_at, voucher.is_active) == (later, False)
 
 
 def test_voucher_limits(owner, organization, operator):

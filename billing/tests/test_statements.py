@@ -9,6 +9,7 @@ import pytest
 from accounts.tests.factories import OrganizationFactory
 from billing.choices import EntryKind
 from billing.selectors import statement_get
+from billing.services import statements
 from billing.services.statements import _daily_lines, statement_csv, statement_pdf
 
 from .factories import ledger_entry_post, usage_entry
@@ -160,3 +161,19 @@ def test_pdf_sums_usage_per_meter_and_day(db):
     pdf = statement_pdf(statement)
     assert pdf.count(b"/Type /Page\n") == 1
     assert time.monotonic() - started < 5
+
+
+def test_the_csv_streams_the_month_in_pieces(db, monkeypatch):
+    """A month of a busy organisation is hundreds of thousands of entries: the CSV is written
+    as it is read, a chunk of entries at a time, never the month held at once."""
+    monkeypatch.setattr(statements, "ENTRY_CHUNK", 10)
+    organization = OrganizationFactory(name="Streaming Lab")
+    for minute in range(35):
+        usage_entry(organization, "0.01", at=MAY + timedelta(minutes=minute), seconds=60)
+    statement = statement_get(organization, 2026, 5)
+    pieces = statements.statement_csv_chunks(statement)
+    first = next(pieces)
+    assert first.count("\n") == 7 + 5  # the heading rows, then the first half-chunk of entries
+    rest = list(pieces)
+    assert len(rest) == 7  # six more of five entries each, then the last five and the totals
+    assert len(_parse(first + "".join(rest))["entries"]) == 35

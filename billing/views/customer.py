@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import date
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse
+from django.http import Http404
 from django.urls import reverse_lazy
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -31,7 +31,7 @@ from ..selectors import (
     usage_by_day,
 )
 from ..services.recharge import top_up_request, voucher_redeem
-from ..services.statements import statement_csv, statement_pdf
+from ..services.statements import statement_response
 from ..services.wallets import wallet_settings_update, wallet_summary
 
 USAGE_DAYS = 30
@@ -217,11 +217,7 @@ class StatementDownloadView(OrganizationBillingMixin, View):
     """A month's statement as a file; a month that is not a month, or is yet to come, is 404."""
 
     http_method_names = ["get"]
-    content_type = ""
     extension = ""
-
-    def content(self, statement):
-        raise NotImplementedError
 
     def get(self, request, year: str, month: str):
         year_number, month_number = int(year), int(month)
@@ -233,23 +229,12 @@ class StatementDownloadView(OrganizationBillingMixin, View):
         ):
             raise Http404(_("There is no statement for this month."))
         statement = statement_get(request.organization, year_number, month_number)
-        response = HttpResponse(self.content(statement), content_type=self.content_type)
-        filename = f"statement-{request.organization.slug}-{statement.period}.{self.extension}"
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-        return response
+        return statement_response(statement, self.extension)
 
 
 class StatementCSVView(StatementDownloadView):
-    content_type = "text/csv; charset=utf-8"
     extension = "csv"
-
-    def content(self, statement):
-        return statement_csv(statement)
 
 
 class StatementPDFView(StatementDownloadView):
-    content_type = "application/pdf"
     extension = "pdf"
-
-    def content(self, statement):
-        return statement_pdf(statement)

@@ -20,7 +20,7 @@ from accounts.models import Organization
 from billing.choices import MeterKind
 from billing.services.balance import out_of_balance_listener
 from billing.services.metering import meter_close, meter_open, sources_seen
-from billing.services.prices import Quantities, rate_for, rates_for
+from billing.services.prices import Quantities, rate_for, rates_for, region_source
 from billing.services.wallets import wallet_require_funds
 from machines.choices import AllocationStatus
 from machines.models import Allocation, Host, Region
@@ -180,3 +180,8 @@ def stop_for_balance(organization: Organization) -> None:
             )
         except Conflict:  # it stopped meanwhile
             continue
+
+
+@region_source
+def region_slugs() -> list[str]:
+    return list(Region.objects.values_list("slug", flat=True))

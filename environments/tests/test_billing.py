@@ -208,3 +208,20 @@ def test_an_active_allocation_is_metered_as_a_whole_machine(operator, organizati
 
     allocation_reclaim(actor=operator, allocation=allocation, reason="done")
     assert meter.intervals.filter(ended_at__isnull=True).count() == 0
+
+
+def test_a_price_names_a_region_that_exists(operator):
+    """Billing knows regions by slug only; this bridge tells it which exist."""
+    from billing.services.prices import price_set
+    from machines.tests.factories import RegionFactory
+
+    region = RegionFactory(slug="eu-west")
+    price = price_set(
+        operator=operator, resource=PriceResource.VCPU_HOUR, amount="0.1", region="eu-west"
+    )
+    assert price.region == region.slug
+    with pytest.raises(ValidationError) as refused:
+        price_set(
+            operator=operator, resource=PriceResource.VCPU_HOUR, amount="0.1", region="eu-wset"
+        )
+    assert set(refused.value.fields) == {"region"}
