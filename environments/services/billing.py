@@ -77,6 +77,16 @@ def specs_rates(specs: list[Spec], *, region: Region | None = None) -> dict[int,
     return {spec.pk: rate for spec, rate in zip(specs, rates, strict=True)}
 
 
+def specs_rates_by_region(specs: list[Spec]) -> dict[Region | None, dict[int, Decimal]]:
+    """Each spec's price per hour in every region, and at the default price (``None``: a host
+    in no region), in one query."""
+    regions: list[Region | None] = [None, *Region.objects.order_by("name")]
+    rates = iter(
+        rates_for([spec_quantities(spec, region=region) for region in regions for spec in specs])
+    )
+    return {region: {spec.pk: next(rates) for spec in specs} for region in regions}
+
+
 def environment_require_funds(
     organization: Organization, spec: Spec, *, region: Region | None, without_gpu: bool = False
 ) -> None:

@@ -139,6 +139,27 @@ def test_the_spec_list_shows_prices_and_estimates_a_duration(browser, spec, host
     assert 'data-testid="spec-estimate">2.50 USD<' in refused  # one hour, default prices
 
 
+def test_the_create_form_prices_each_spec_in_the_region_chosen(browser, spec, host):
+    from decimal import Decimal
+
+    from billing.choices import PriceResource
+    from billing.tests.factories import PriceFactory
+
+    PriceFactory(resource=PriceResource.GPU_HOUR, amount=Decimal("2.5"))
+    PriceFactory(resource=PriceResource.GPU_HOUR, region=host.region.slug, amount=Decimal("3"))
+    url = reverse("environments:environment_create")
+    response = browser.get(url)
+    prices = response.context["spec_prices"]
+    # Any region: where it is placed decides, so the range over the regions' prices.
+    assert prices[""][str(spec.pk)] == "≈ 2.50 USD to 3.00 USD per hour, by region"
+    assert prices[str(host.region.pk)][str(spec.pk)] == "≈ 3.00 USD per hour"
+    assert "≈ 2.50 USD to 3.00 USD per hour, by region" in response.content.decode()
+    # A form sent back (no name) shows the price in the region it chose.
+    refused = browser.post(url, {"spec": spec.pk, "region": host.region.pk})
+    assert refused.status_code == 200
+    assert refused.context["spec_price"] == "≈ 3.00 USD per hour"
+
+
 def test_fleet_overview_counts_allocated_gpus_and_hosts(
     client, operator, customer, organization, image
 ):

@@ -27,7 +27,7 @@ from ..filters import EnvironmentFilter
 from ..forms import EnvironmentAutoStopForm, EnvironmentCreateForm, EnvironmentStartForm
 from ..services import autostop, lifecycle
 from ..services.access import environment_may_open
-from ..services.billing import specs_rates
+from ..services.billing import specs_rates_by_region
 from ..services.connection import environment_connection
 
 
@@ -110,27 +110,49 @@ class EnvironmentCreateView(ServiceFormView):
         }
 
     def get_form(self, form_class=None):
-        """Each spec says its price per hour (at the default price, any region)."""
+        """Each spec says its price per hour: in the region chosen, or, for any region, the
+        range of the regions' prices (where the environment is placed decides)."""
         form = super().get_form(form_class)
         field = form.fields["spec"]
-        rates = specs_rates(list(field.queryset))
+        specs = list(field.queryset)
+        by_region = specs_rates_by_region(specs)
+        code = currency()
+
+        def text(low, high=None):
+            if high is None or high == low:
+                return _("≈ %(price)s per hour") % {"price": money(low, code)}
+            return _("≈ %(low)s to %(high)s per hour, by region") % {
+                "low": money(low, code),
+                "high": money(high, code),
+            }
+
+        anywhere = {}
+        for spec in specs:
+            rates = [rates[spec.pk] for rates in by_region.values()]
+            anywhere[str(spec.pk)] = text(min(rates), max(rates))
         self.spec_prices = {
-            str(pk): _("≈ %(price)s per hour") % {"price": money(rate, currency())}
-            for pk, rate in rates.items()
+            "": anywhere,
+            **{
+                str(region.pk): {str(pk): text(rate) for pk, rate in rates.items()}
+                for region, rates in by_region.items()
+                if region is not None
+            },
         }
         describe = field.label_from_instance
         field.label_from_instance = lambda spec: " — ".join(
-            filter(None, [describe(spec), self.spec_prices.get(str(spec.pk))])
+            filter(None, [describe(spec), anywhere.get(str(spec.pk))])
         )
         return form
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        chosen = str(context["form"]["spec"].value() or "")
+        form = context["form"]
+        region = str(form["region"].value() or "")
+        chosen = str(form["spec"].value() or "")
         return {
             **context,
             "spec_prices": self.spec_prices,
-            "spec_price": self.spec_prices.get(chosen, ""),
+            "spec_price": self.spec_prices.get(region, {}).get(chosen, ""),
         }
 
     def perform(self, form):
