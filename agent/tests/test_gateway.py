@@ -153,6 +153,7 @@ def test_the_sftp_helper_resolves_every_path_inside_its_root(container_root):
             return cwd, seen, listing
         finally:
             helper.close()
+            await helper.process.wait()  # reaped before the loop closes
 
     cwd, seen, listing = asyncio.run(scenario())
     assert cwd == b"/workspace"

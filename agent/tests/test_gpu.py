@@ -15,6 +15,8 @@ import pytest
 from remotegpu_agent import protocol
 from remotegpu_agent.gpu import GIB, FakeBackend, NvmlBackend, get_backend
 
+GPU_LOGGER = "remotegpu_agent.gpu"
+
 
 def test_fake_gpus_are_stable_plausible_and_clearly_fake():
     backend = FakeBackend(count=3, hostname="node-1", seed=7)
@@ -93,7 +95,7 @@ def test_unreadable_control_file_is_logged_once_and_ignored(tmp_path, caplog):
     control = tmp_path / "control.json"
     control.write_text("{not json")
     backend = FakeBackend(count=1, control_file=control)
-    with caplog.at_level(logging.WARNING, logger="remotegpu_agent.gpu"):
+    with caplog.at_level(logging.WARNING, logger=GPU_LOGGER):
         for _ in range(3):
             assert len(backend.sample()) == 1
     assert len([r for r in caplog.records if "control file" in r.getMessage()]) == 1
@@ -113,7 +115,7 @@ def test_nvml_on_this_host(caplog):
     backend = get_backend("auto")
     assert isinstance(backend, NvmlBackend)
     assert backend.name == "nvml"
-    with caplog.at_level(logging.WARNING, logger="remotegpu_agent.gpu"):
+    with caplog.at_level(logging.WARNING, logger=GPU_LOGGER):
         inventory, samples = backend.inventory(), backend.sample()
         backend.sample()
     backend.close()
@@ -231,14 +233,14 @@ def test_nvml_figures_a_driver_cannot_give_do_not_drop_the_gpu(monkeypatch, capl
         nvmlDeviceGetCudaComputeCapability=lambda handle: (9, 0),
     )
     backend = NvmlBackend()
-    with caplog.at_level(logging.WARNING, logger="remotegpu_agent.gpu"):
+    with caplog.at_level(logging.WARNING, logger=GPU_LOGGER):
         (gpu,) = backend.inventory()
         samples = [backend.sample() for _ in range(3)]
     assert (gpu.name, gpu.driver_version, gpu.cuda_version) == ("NVIDIA H200", "", "12.8")
     for (sample,) in samples:
         assert (sample.utilization, sample.temperature) == (7.0, 33.0)
         assert (sample.power_draw, sample.power_limit, sample.processes) == (None, 700.0, 0)
-    warnings = [record.getMessage() for record in caplog.records]
+    warnings = [record.getMessage() for record in caplog.records if record.name == GPU_LOGGER]
     # Driver version, power and the graphics list: once each (NotSupported is only debug).
     assert len(warnings) == 3, warnings
     assert any("nvmlDeviceGetGraphicsRunningProcesses" in warning for warning in warnings)
@@ -264,11 +266,12 @@ def test_nvml_process_lists_fall_back_to_v2_on_drivers_before_r510(monkeypatch, 
     _simulated_gpu(monkeypatch, nvmlDeviceGetComputeRunningProcesses_v2=compute_v2)
     monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer", pointer)
     backend = NvmlBackend()
-    with caplog.at_level(logging.WARNING, logger="remotegpu_agent.gpu"):
+    with caplog.at_level(logging.WARNING, logger=GPU_LOGGER):
         first, second = backend.sample(), backend.sample()
     assert [sample.processes for sample in first + second] == [2, 2]
     assert len(v2_calls) == 2
-    assert caplog.records == []
+    # Only the back end's own records: another test's leftovers may log meanwhile.
+    assert [record for record in caplog.records if record.name == GPU_LOGGER] == []
 
 
 def test_nvml_is_tried_again_until_the_driver_loads(monkeypatch):
