@@ -40,6 +40,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.utils import timezone  # noqa: E402
+from stack import bench_wallets, purge_billing, remove_ledger_entries  # noqa: E402
 
 from accounts.models import Organization  # noqa: E402
 from billing.choices import MeterKind  # noqa: E402
@@ -84,46 +85,16 @@ WHERE w.id = c.wallet_id
 """
 
 
-def bench_wallets() -> list[int]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """SELECT w.id FROM billing_wallet w
-               JOIN accounts_organization o ON o.id = w.organization_id WHERE o.slug LIKE %s""",
-            [f"{PREFIX}%"],
-        )
-        return [row[0] for row in cursor.fetchall()]
-
-
 def phase(message: str, started: float) -> float:
     now = time.perf_counter()
     print(f"  {message}: {now - started:.2f} s", flush=True)
     return now
 
 
-def remove_entries(cursor, wallets: list[int]) -> None:
-    """Remove the bench's ledger entries. The append-only trigger is switched off inside
-    this transaction only: DDL is transactional, so no other session ever sees it off (they
-    wait on the table's lock for the moment it takes) and a crash leaves it on. Django's
-    foreign keys are deferred; they are checked at once so the trigger can go back on."""
-    with transaction.atomic():
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute("ALTER TABLE billing_ledgerentry DISABLE TRIGGER billing_ledger_append_only")
-        cursor.execute("DELETE FROM billing_ledgerentry WHERE wallet_id = ANY(%s)", [wallets])
-        cursor.execute("ALTER TABLE billing_ledgerentry ENABLE TRIGGER billing_ledger_append_only")
-
-
 def clean() -> None:
-    wallets = bench_wallets()
-    with connection.cursor() as cursor:
-        remove_entries(cursor, wallets)
-        cursor.execute(
-            """DELETE FROM billing_runinterval i USING billing_meter m
-               WHERE m.id = i.meter_id AND m.reference LIKE %s""",
-            [f"{PREFIX}%"],
-        )
-        cursor.execute("DELETE FROM billing_meter WHERE reference LIKE %s", [f"{PREFIX}%"])
+    purge_billing(PREFIX)
+    with connection.cursor() as cursor:  # the bench's sources are named, not hosts
         cursor.execute("DELETE FROM billing_source WHERE key LIKE %s", [f"{PREFIX}%"])
-        cursor.execute("DELETE FROM billing_wallet WHERE id = ANY(%s)", [wallets])
     Organization.objects.filter(slug__startswith=PREFIX).delete()
 
 
@@ -157,7 +128,14 @@ def create(now) -> None:
                 JOIN (SELECT id, organization_id, row_number() OVER (ORDER BY id) - 1 AS n
                       FROM billing_wallet WHERE id = ANY(%s)) w
                   ON w.n = g %% %s""",
-            [f"{PREFIX}environment:", MeterKind.COMPUTE, now, RESOURCES, bench_wallets(), ORGS],
+            [
+                f"{PREFIX}environment:",
+                MeterKind.COMPUTE,
+                now,
+                RESOURCES,
+                bench_wallets(PREFIX),
+                ORGS,
+            ],
         )
         cursor.execute(
             """INSERT INTO billing_runinterval
@@ -175,7 +153,7 @@ def reset(now, wallets: list[int]) -> None:
     """Back to 60 s unbilled: what the last measurement charged is undone."""
     behind = now - timedelta(seconds=BEHIND)
     with connection.cursor() as cursor:
-        remove_entries(cursor, wallets)
+        remove_ledger_entries(wallets)
         cursor.execute(
             """UPDATE billing_runinterval i SET billed_until = %s FROM billing_meter m
                WHERE m.id = i.meter_id AND m.reference LIKE %s""",
@@ -264,7 +242,7 @@ def main() -> None:
         other = others_due(now)
         if other:
             print(f"  warning: {other} other intervals in this database are due as well")
-        wallets = bench_wallets()
+        wallets = bench_wallets(PREFIX)
         reset(now, wallets)
         # One untimed pass first: the first statement after the load pays for a cold cache.
         run_floor(now, wallets)

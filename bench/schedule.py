@@ -29,6 +29,7 @@ import django
 django.setup()
 
 from django.db import connection  # noqa: E402
+from stack import purge_billing  # noqa: E402
 
 from accounts.choices import Role  # noqa: E402
 from accounts.models import Membership, Organization, User  # noqa: E402
@@ -51,6 +52,7 @@ def clean() -> None:
     Environment.objects.filter(organization__slug__startswith=PREFIX).delete()
     AgentCommand.objects.filter(host__name__startswith=PREFIX).delete()
     Host.objects.filter(name__startswith=PREFIX).delete()
+    purge_billing(PREFIX)  # creating checks the balance, which makes each wallet
     Organization.objects.filter(slug__startswith=PREFIX).delete()
     User.objects.filter(email__startswith=PREFIX).delete()
     Spec.objects.filter(name__startswith=PREFIX).delete()

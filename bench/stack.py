@@ -1,8 +1,8 @@
 """Real processes for benchmarks: daphne, a joined agent with Docker (and its SSH gateway), an
 organisation with an owner, and running environments.
 
-Imported after ``django.setup()`` by ``bench/provision.py``, ``bench/ssh.py`` and
-``bench/terminal.py``.
+Imported after ``django.setup()`` by the benchmarks; ``purge_billing`` removes what billing
+kept of a benchmark's organisations (every bench that creates organisations uses it).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from django.db import connection, transaction
 
 from accounts.choices import Role
 from accounts.models import Membership, Organization, User
@@ -98,8 +100,52 @@ class Stack:
         }
 
 
+def remove_ledger_entries(wallets: list[int]) -> None:
+    """Remove the ledger entries of ``wallets``. The append-only trigger is switched off inside
+    this transaction only: DDL is transactional, so no other session ever sees it off (they
+    wait on the table's lock for the moment it takes) and a crash leaves it on. Django's
+    foreign keys are deferred; they are checked at once so the trigger can go back on."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("ALTER TABLE billing_ledgerentry DISABLE TRIGGER billing_ledger_append_only")
+        cursor.execute("DELETE FROM billing_ledgerentry WHERE wallet_id = ANY(%s)", [wallets])
+        cursor.execute("ALTER TABLE billing_ledgerentry ENABLE TRIGGER billing_ledger_append_only")
+
+
+def bench_wallets(prefix: str) -> list[int]:
+    """The wallets of the organisations whose slug starts with ``prefix``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT w.id FROM billing_wallet w
+               JOIN accounts_organization o ON o.id = w.organization_id WHERE o.slug LIKE %s""",
+            [f"{prefix}%"],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def purge_billing(prefix: str) -> None:
+    """Remove what billing kept of the organisations whose slug starts with ``prefix``: ledger
+    entries, run intervals, meters and wallets, and the sources of hosts named with it."""
+    wallets = bench_wallets(prefix)
+    with transaction.atomic(), connection.cursor() as cursor:
+        remove_ledger_entries(wallets)
+        cursor.execute(
+            """DELETE FROM billing_runinterval i USING billing_meter m
+               WHERE m.id = i.meter_id AND m.wallet_id = ANY(%s)""",
+            [wallets],
+        )
+        cursor.execute("DELETE FROM billing_meter WHERE wallet_id = ANY(%s)", [wallets])
+        cursor.execute("DELETE FROM billing_wallet WHERE id = ANY(%s)", [wallets])
+        cursor.execute(
+            """DELETE FROM billing_source s USING machines_host h
+               WHERE s.key = 'host:' || h.id AND h.name LIKE %s""",
+            [f"{prefix}%"],
+        )
+
+
 def clean(prefix: str) -> None:
     Environment.objects.filter(organization__slug__startswith=prefix).delete()
+    purge_billing(prefix)
     Host.objects.filter(name__startswith=prefix).delete()
     Organization.objects.filter(slug__startswith=prefix).delete()
     User.objects.filter(email__startswith=prefix).delete()
