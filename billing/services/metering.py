@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from accounts.models import Organization
@@ -78,6 +79,11 @@ def meter_open(
                 setattr(meter, name, value)
             meter.save()
         if not meter.intervals.filter(ended_at__isnull=True).exists():
+            # Intervals never overlap: a run told to start before the last one ended (a
+            # stale start time) starts where that one ended.
+            last_end = meter.intervals.aggregate(end=Max("ended_at"))["end"]
+            if last_end is not None and at < last_end:
+                at = last_end
             source_row = None
             if source:
                 # The agent reporting the run is a sighting of its host.

@@ -80,6 +80,19 @@ def test_a_tick_charges_whole_seconds_once(prices, organization):
     assert billing_tick(T0 + timedelta(seconds=900)).entries == 0
 
 
+def test_a_run_reopened_with_a_start_before_the_last_end_never_overlaps_it(prices, organization):
+    """Whatever start its owner names, a meter's intervals never overlap: time billed once is
+    not billed again."""
+    opened = {"organization": organization, "label": "train", "quantities": compute()}
+    meter_open(reference="environment:4:run", at=T0, **opened)
+    meter_close("environment:4:run", T0 + timedelta(seconds=100))
+    meter_open(reference="environment:4:run", at=T0 + timedelta(seconds=10), **opened)
+    billing_tick(T0 + timedelta(seconds=160))
+    intervals = RunInterval.objects.filter(meter__reference="environment:4:run")
+    assert [(i.started_at - T0).seconds for i in intervals.order_by("id")] == [0, 100]
+    assert billed_seconds("environment:4:run") == 160
+
+
 def test_a_silent_source_is_not_billed_past_when_it_was_seen(prices, organization):
     meter_open(
         reference="environment:2:run",

@@ -122,7 +122,7 @@ def environment_billing_changed(environment: Environment, previous: str, target:
                 quantities=spec_quantities(
                     environment.spec, region=host.region, without_gpu=environment.without_gpu
                 ),
-                at=environment.started_at or now,
+                at=now,  # a restart's run starts now, not at the first start
                 source=host_source(host.pk),
             )
     if target == S.STOPPED and environment.host_id:

@@ -20,8 +20,14 @@ from billing.services.wallets import wallet_get, wallet_post
 from billing.tests.factories import PriceFactory
 from environments.choices import EnvironmentStatus as S
 from environments.choices import StatusReason
+from environments.models import Environment
 from environments.services.billing import hosts_seen, run_reference, volume_reference
-from environments.services.lifecycle import environment_create, environment_start, environment_stop
+from environments.services.lifecycle import (
+    environment_create,
+    environment_restart,
+    environment_start,
+    environment_stop,
+)
 from remotegpu.core.errors import ValidationError
 
 from .conftest import answer, latest_command, run_succeeds
@@ -114,6 +120,35 @@ def test_running_is_metered_and_a_stopped_volume_too(
     assert run.kind == MeterKind.CPU_ONLY
     assert run.rate == Decimal("0.36")
     assert run.intervals.filter(ended_at__isnull=True).count() == 1
+
+
+def test_a_restart_bills_its_run_from_when_it_came_back_not_from_the_first_start(
+    prices, customer, organization, spec, image, host
+):
+    _fund(organization, "100")
+    environment = _create(customer, organization, spec, image)
+    run_succeeds(environment)
+    # It has run for ten minutes when it is restarted.
+    first_start = (timezone.now() - timedelta(minutes=10)).replace(microsecond=0)
+    Environment.objects.filter(pk=environment.pk).update(started_at=first_start)
+    RunInterval.objects.filter(meter__reference=run_reference(environment)).update(
+        started_at=first_start, billed_until=first_start
+    )
+    environment.refresh_from_db()
+    environment_restart(user=customer, environment=environment)
+    answer(latest_command(environment), result={"container": "restarted"})
+    environment.refresh_from_db()
+    assert environment.status == S.RUNNING
+    intervals = list(
+        RunInterval.objects.filter(meter__reference=run_reference(environment)).order_by("id")
+    )
+    assert len(intervals) == 2
+    assert intervals[0].ended_at is not None
+    assert intervals[1].started_at >= intervals[0].ended_at > first_start
+    later = timezone.now() + timedelta(seconds=30)
+    _tick(host, later)
+    billed = sum(e.seconds for e in LedgerEntry.objects.filter(kind=EntryKind.USAGE))
+    assert billed <= (later - first_start).total_seconds()
 
 
 def test_an_offline_host_is_not_billed(prices, customer, organization, spec, image, host):
