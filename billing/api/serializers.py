@@ -35,7 +35,9 @@ class BalanceSerializer(serializers.Serializer):
     hours_left = serializers.FloatField(
         allow_null=True, help_text=_("How long the balance lasts at that rate; null: no burn.")
     )
-    runs_out_at = serializers.DateTimeField(allow_null=True)
+    runs_out_at = serializers.DateTimeField(
+        allow_null=True, help_text=_("When the balance runs out; null: no burn, or over ten years.")
+    )
     low_balance_threshold = serializers.DecimalField(
         **MONEY, allow_null=True, help_text=_("Null: one hour at the current burn rate.")
     )

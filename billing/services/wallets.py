@@ -202,6 +202,9 @@ def wallet_low_threshold(wallet: Wallet, burn_rate: Decimal | None = None) -> De
     return burn_rate if burn_rate is not None else wallet_burn_rate(wallet)
 
 
+FORECAST_HOURS = 10 * 365 * 24  # how far ahead the balance's end is dated
+
+
 @dataclass(frozen=True)
 class WalletSummary:
     wallet: Wallet
@@ -220,7 +223,9 @@ def wallet_summary(organization: Organization, now: datetime | None = None) -> W
     hours = float(wallet.balance / burn) if burn > 0 and wallet.balance > 0 else None
     if burn > 0 and wallet.balance <= 0:
         hours = 0.0
-    runs_out_at = now + timedelta(hours=hours) if hours is not None else None
+    runs_out_at = None
+    if hours is not None and hours <= FORECAST_HOURS:  # beyond it, a date means nothing
+        runs_out_at = now + timedelta(hours=hours)
     return WalletSummary(
         wallet=wallet,
         balance=wallet.balance,

@@ -108,6 +108,20 @@ def test_balance_for_members(token_client_for, member, organization):
     assert abs(runs_out - (timezone.now() + timedelta(hours=5))) < timedelta(minutes=1)
 
 
+def test_a_balance_that_lasts_for_ages_has_no_date(token_client_for, member, organization):
+    ledger_entry_post(organization, "10000.00")
+    PriceFactory(resource=PriceResource.STORAGE_GIB_MONTH, amount=Decimal("0.1"))
+    meter_open(
+        reference="environment:1:volume",
+        organization=organization,
+        label="volume",
+        quantities=Quantities(kind="storage", storage_gib=1),
+    )
+    body = token_client_for(member).get(f"{BASE}/balance/").json()
+    assert body["hours_left"] > 10 * 365 * 24
+    assert body["runs_out_at"] is None
+
+
 def test_balance_of_an_idle_wallet(token_client_for, member):
     body = token_client_for(member).get(f"{BASE}/balance/").json()
     assert body["balance"] == "0.000000"

@@ -187,6 +187,22 @@ def test_time_left_is_a_dash_when_nothing_runs(signed_in, member, organization):
     assert 'data-testid="time-left">—<' in page
 
 
+def test_a_balance_that_lasts_for_ages_is_not_dated(signed_in, member, organization):
+    """A kept 1 GiB volume burns so little that a big balance would outlast the calendar."""
+    PriceFactory(resource=PriceResource.STORAGE_GIB_MONTH, amount=Decimal("0.1"))
+    ledger_entry_post(organization, "10000.00")
+    meter_open(
+        reference="environment:1:volume",
+        organization=organization,
+        label="volume",
+        quantities=Quantities(kind=MeterKind.STORAGE, storage_gib=1),
+    )
+    response = signed_in(member).get(reverse("billing:billing_overview"))
+    assert response.status_code == 200
+    assert response.context["summary"].runs_out_at is None
+    assert 'data-testid="time-left">More than ten years<' in response.content.decode()
+
+
 def test_another_organisation_sees_only_its_own(signed_in, outsider, organization):
     ledger_entry_post(organization, "77.00", description="Their secret credit")
     TopUpRequestFactory(wallet=WalletFactory(organization=organization), reference="THEIRS-1")
