@@ -11,6 +11,7 @@ from accounts.models import Organization
 from remotegpu.core.forms import StyledForm
 
 from .choices import EntryKind, PriceResource
+from .models import MAX_PRICE
 from .services.wallets import MAX_AMOUNT
 
 # Inputs of money: a browser number field that steps by cents.
@@ -78,8 +79,8 @@ class PriceForm(StyledForm):
     amount = forms.DecimalField(
         label=_("Price"),
         min_value=Decimal(0),
-        max_value=MAX_AMOUNT,
-        max_digits=20,
+        max_value=MAX_PRICE,
+        max_digits=14,
         decimal_places=6,
         widget=forms.NumberInput(attrs={"step": "0.000001", "inputmode": "decimal"}),
         help_text=_("Per hour; for kept volumes, per GiB and month."),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -25,7 +25,11 @@ from .choices import EntryKind, MeterKind, PaymentStatus, PriceResource, TopUpSt
 # Money is fixed-scale Decimal: six places (a millionth of the currency's unit) keeps a
 # second of the cheapest resource exact enough; pages show two.
 MONEY = {"max_digits": 20, "decimal_places": 6}
-RATE = {"max_digits": 14, "decimal_places": 6}
+# A price per unit is at most ten million an hour (ample in any currency); a resource's rate
+# (prices times quantities: GPUs, vCPUs, GiB) has money's width, so no spec can overflow it.
+MAX_PRICE = Decimal("10000000")
+PRICE = {"max_digits": 14, "decimal_places": 6}
+RATE = MONEY
 
 
 class Price(TimeStampedModel):
@@ -42,7 +46,11 @@ class Price(TimeStampedModel):
         blank=True,
         help_text=_("For GPU and whole-machine prices; empty: every model."),
     )
-    amount = models.DecimalField(_("amount"), **RATE, validators=[MinValueValidator(Decimal(0))])
+    amount = models.DecimalField(
+        _("amount"),
+        **PRICE,
+        validators=[MinValueValidator(Decimal(0)), MaxValueValidator(MAX_PRICE)],
+    )
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

@@ -7,7 +7,7 @@ from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
 from ..choices import EntryKind, PriceResource
-from ..models import LedgerEntry, Price, TopUpRequest, Voucher
+from ..models import MAX_PRICE, LedgerEntry, Price, TopUpRequest, Voucher
 from ..services.wallets import MAX_AMOUNT
 
 MONEY = {"max_digits": 20, "decimal_places": 6}
@@ -143,6 +143,7 @@ class PriceUpdateSerializer(serializers.Serializer):
         max_digits=14,
         decimal_places=6,
         min_value=Decimal(0),
+        max_value=MAX_PRICE,
         help_text=_("Per hour; for storage, per GiB-month."),
     )
 

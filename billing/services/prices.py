@@ -23,8 +23,8 @@ from accounts.services.audit import audit_record
 from remotegpu.core.errors import ValidationError
 
 from ..choices import MeterKind, PriceResource
-from ..models import Price
-from .wallets import CENT, MAX_AMOUNT
+from ..models import MAX_PRICE, Price
+from .wallets import CENT
 
 HOURS_PER_MONTH = 730
 TICK_LOCK = 7_310_001  # pg advisory lock: one tick (or re-pricing) at a time
@@ -144,8 +144,12 @@ def price_set(
         value = Decimal(str(amount))
     except ArithmeticError:
         value = None
-    if value is None or not value.is_finite() or value < 0 or value > MAX_AMOUNT:
+    if value is None or not value.is_finite() or value < 0:
         raise ValidationError.for_field("amount", _("Enter a price of zero or more."))
+    if value > MAX_PRICE:
+        raise ValidationError.for_field(
+            "amount", _("A price may be at most %(max)s.") % {"max": f"{MAX_PRICE:,}"}
+        )
     if value != value.quantize(Decimal("0.000001")):
         raise ValidationError.for_field("amount", _("Use at most six decimal places."))
     region = region.strip()

@@ -4,7 +4,7 @@ from decimal import Decimal
 import pytest
 
 from billing.choices import EntryKind, MeterKind, PriceResource
-from billing.models import LedgerEntry, RunInterval
+from billing.models import MAX_PRICE, LedgerEntry, RunInterval
 from billing.services.metering import (
     billed_seconds,
     billing_tick,
@@ -14,6 +14,7 @@ from billing.services.metering import (
 )
 from billing.services.prices import Quantities, price_set, rate_for
 from billing.services.wallets import ledger_balance, wallet_get
+from remotegpu.core.errors import ValidationError
 
 from .factories import PriceFactory
 
@@ -91,6 +92,32 @@ def test_a_run_reopened_with_a_start_before_the_last_end_never_overlaps_it(price
     intervals = RunInterval.objects.filter(meter__reference="environment:4:run")
     assert [(i.started_at - T0).seconds for i in intervals.order_by("id")] == [0, 100]
     assert billed_seconds("environment:4:run") == 160
+
+
+def test_the_largest_prices_on_a_big_spec_are_metered_and_charged(organization, operator):
+    """Each price may be at most MAX_PRICE and a higher one is refused with the field named;
+    a rate is as wide as money, so eight GPUs and many vCPUs and GiB at the highest prices
+    neither overflow the meter nor the tick."""
+    with pytest.raises(ValidationError) as refused:
+        price_set(operator=operator, resource=PriceResource.GPU_HOUR, amount=MAX_PRICE + Decimal(1))
+    assert "amount" in refused.value.fields
+    for resource in (
+        PriceResource.GPU_HOUR,
+        PriceResource.VCPU_HOUR,
+        PriceResource.MEMORY_GIB_HOUR,
+    ):
+        price_set(operator=operator, resource=resource, amount=MAX_PRICE)
+    quantities = compute(gpu_count=8, vcpu=256, memory_gib=2048)
+    meter = meter_open(
+        reference="environment:5:run",
+        organization=organization,
+        label="big",
+        quantities=quantities,
+        at=T0,
+    )
+    assert meter.rate == MAX_PRICE * (8 + 256 + 2048)
+    billing_tick(T0 + timedelta(hours=24))
+    assert LedgerEntry.objects.get().amount == -MAX_PRICE * (8 + 256 + 2048) * 24
 
 
 def test_a_silent_source_is_not_billed_past_when_it_was_seen(prices, organization):

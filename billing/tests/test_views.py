@@ -544,6 +544,8 @@ def test_bad_price_is_a_form_error(signed_in, operator):
         {"resource": PriceResource.GPU_HOUR, "amount": "-1"},
         {"resource": PriceResource.GPU_HOUR, "amount": "1.1234567"},
         {"resource": PriceResource.GPU_HOUR, "amount": "1", "region": "not a slug"},
+        {"resource": PriceResource.GPU_HOUR, "amount": "100000000"},  # over the maximum
+        {"resource": PriceResource.GPU_HOUR, "amount": "10000000.01"},
     ):
         response = client.post(reverse("billing_operator:price_list"), data)
         assert response.status_code == 200, data
