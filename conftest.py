@@ -18,6 +18,19 @@ def _clear_cache():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets a channel layer of its own. channels-redis keeps an asyncio lock per
+    channel it receives on, and a lock still held when an earlier test's event loop closed
+    belongs to that loop: the next test's receive on it fails ("bound to a different event
+    loop"). A new layer has a new process channel, so new locks."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
 def organization(db):
     return OrganizationFactory()
