@@ -17,6 +17,7 @@ from remotegpu.core.admin import ReadOnlyAdmin
 from remotegpu.core.errors import ApplicationError
 
 from .api.serializers import CREDIT_KINDS
+from .forms import one_time_key_field
 from .models import (
     LedgerEntry,
     Meter,
@@ -103,6 +104,7 @@ class WalletForm(forms.ModelForm):
         ),
     )
     credit_reason = forms.CharField(label=_("reason"), max_length=300, required=False)
+    credit_key = one_time_key_field()
 
     class Meta:
         model = Wallet
@@ -147,7 +149,10 @@ class WalletAdmin(ServiceAdmin):
     fieldsets = [
         (None, {"fields": readonly_fields}),
         (_("Settings"), {"fields": ["low_balance_threshold", "spend_limit_per_hour"]}),
-        (_("Credit"), {"fields": ["credit_kind", "credit_amount", "credit_reason"]}),
+        (
+            _("Credit"),
+            {"fields": ["credit_kind", "credit_amount", "credit_reason", "credit_key"]},
+        ),
     ]
 
     def has_add_permission(self, request):
@@ -182,6 +187,7 @@ class WalletAdmin(ServiceAdmin):
                 amount=data["credit_amount"],
                 reason=data["credit_reason"],
                 kind=data["credit_kind"],
+                key=f"credit:{obj.organization.pk}:admin:{data['credit_key']}",
             )
 
 

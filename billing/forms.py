@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 from django import forms
@@ -28,6 +29,14 @@ def money_field(label, *, required: bool = True, minimum: Decimal | None = None,
         decimal_places=2,
         widget=MONEY_INPUT,
         help_text=help_text,
+    )
+
+
+def one_time_key_field() -> forms.CharField:
+    """A hidden key made when the form is shown: posting the same form twice (a double click,
+    the back button) credits once."""
+    return forms.CharField(
+        widget=forms.HiddenInput, initial=lambda: uuid.uuid4().hex, max_length=64, required=True
     )
 
 
@@ -135,6 +144,7 @@ class WalletCreditForm(StyledForm):
         max_length=300,
         help_text=_("Shown in the ledger and kept in the audit log."),
     )
+    key = one_time_key_field()
 
 
 class TopUpDecisionForm(forms.Form):

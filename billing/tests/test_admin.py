@@ -1,6 +1,7 @@
 """The billing admin: every page opens for an operator, search finds rows, and money only moves
 through the services (prices, credits, vouchers, top-ups); the ledger cannot be edited."""
 
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -180,6 +181,7 @@ def _wallet_form(wallet, **values):
         "credit_kind": "",
         "credit_amount": "",
         "credit_reason": "",
+        "credit_key": uuid.uuid4().hex,  # as the page makes it when shown
         **values,
     }
 
@@ -206,6 +208,23 @@ def test_the_wallet_page_credits_and_sets_the_limits(operator_client, rows, orga
     assert entry.description == "GPU fault"
     assert AuditEvent.objects.filter(action=AuditAction.WALLET_CREDITED).exists()
     assert AuditEvent.objects.filter(action=AuditAction.WALLET_SETTINGS_CHANGED).exists()
+
+
+def test_the_wallet_page_posted_twice_credits_once(operator_client, rows):
+    """A double click or the back button sends the same form, with the same key, again."""
+    wallet, _word = rows[Wallet]
+    form = operator_client.get(_url(Wallet, "change", wallet.pk)).context["adminform"].form
+    key = form["credit_key"].value()
+    assert len(key) == 32
+    data = _wallet_form(
+        wallet, credit_kind=EntryKind.REFUND, credit_amount="7.50", credit_reason="GPU fault"
+    )
+    data["credit_key"] = key
+    first = operator_client.post(_url(Wallet, "change", wallet.pk), data)
+    assert first.status_code == 302, first.content
+    again = operator_client.post(_url(Wallet, "change", wallet.pk), data, follow=True)
+    assert "already made" in again.content.decode()
+    assert LedgerEntry.objects.filter(kind=EntryKind.REFUND).count() == 1
 
 
 def test_a_refused_credit_changes_nothing(operator_client, rows):

@@ -596,22 +596,33 @@ def test_operator_credits_a_wallet(signed_in, operator, organization):
     client = signed_in(operator)
     form = client.get(reverse("billing_operator:wallet_credit"), {"organization": organization.pk})
     assert form.context["form"].initial["organization"] == str(organization.pk)
-    response = client.post(
-        reverse("billing_operator:wallet_credit"),
-        {
-            "organization": organization.pk,
-            "kind": EntryKind.REFUND,
-            "amount": "12.00",
-            "reason": "Host failure",
-        },
-    )
+    key = form.context["form"]["key"].value()
+    assert f'name="key" value="{key}"' in form.content.decode()
+    data = {
+        "organization": organization.pk,
+        "kind": EntryKind.REFUND,
+        "amount": "12.00",
+        "reason": "Host failure",
+        "key": key,
+    }
+    response = client.post(reverse("billing_operator:wallet_credit"), data)
     assert response.status_code == 302
+    # The same form posted again (a double click, the back button) credits nothing more.
+    again = client.post(reverse("billing_operator:wallet_credit"), data)
+    assert again.status_code == 200
+    assert "already made" in again.content.decode()
     entry = LedgerEntry.objects.get()
     assert (entry.kind, entry.amount, entry.actor) == (EntryKind.REFUND, Decimal(12), operator)
     assert wallet_get(organization).balance == Decimal("12.00")
     bad = client.post(
         reverse("billing_operator:wallet_credit"),
-        {"organization": organization.pk, "kind": EntryKind.RECHARGE, "amount": "-3", "reason": ""},
+        {
+            "organization": organization.pk,
+            "kind": EntryKind.RECHARGE,
+            "amount": "-3",
+            "reason": "",
+            "key": "bad-1",
+        },
     )
     assert bad.status_code == 200
     assert bad.context["form"].errors
@@ -627,6 +638,7 @@ def test_a_negative_adjustment_takes_money_away(signed_in, operator, organizatio
             "kind": EntryKind.ADJUSTMENT,
             "amount": "-4.00",
             "reason": "Double credit",
+            "key": "adjustment-1",
         },
     )
     assert wallet_get(organization).balance == Decimal("6.00")

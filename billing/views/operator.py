@@ -210,7 +210,13 @@ class WalletCreditView(OperatorPageMixin, ServiceFormView):
         return {"organization": organization} if organization.isdigit() else {}
 
     def perform(self, form):
-        return wallet_credit(operator=self.request.user, **form.cleaned_data)
+        values = dict(form.cleaned_data)
+        key = values.pop("key")
+        return wallet_credit(
+            operator=self.request.user,
+            key=f"credit:{values['organization'].pk}:form:{key}",
+            **values,
+        )
 
     def get_success_message(self, cleaned_data):
         return _("%(kind)s of %(amount)s posted to %(organization)s.") % {
