@@ -114,17 +114,7 @@ def environment_billing_changed(environment: Environment, previous: str, target:
     if target == S.RUNNING and not was_billed and environment.host_id:
         meter_close(volume_reference(environment), now)
         if not _host_allocated_to(environment):
-            host = environment.host
-            meter_open(
-                reference=run_reference(environment),
-                organization=environment.organization,
-                label=environment.name,
-                quantities=spec_quantities(
-                    environment.spec, region=host.region, without_gpu=environment.without_gpu
-                ),
-                at=now,  # a restart's run starts now, not at the first start
-                source=host_source(host.pk),
-            )
+            _run_meter_open(environment, now)  # a restart's run starts now, not at first
     if target == S.STOPPED and environment.host_id:
         region = environment.host.region
         meter_open(
@@ -142,12 +132,43 @@ def environment_billing_changed(environment: Environment, previous: str, target:
         meter_close(volume_reference(environment), now)
 
 
+def _run_meter_open(environment: Environment, at: datetime) -> None:
+    host = environment.host
+    meter_open(
+        reference=run_reference(environment),
+        organization=environment.organization,
+        label=environment.name,
+        quantities=spec_quantities(
+            environment.spec, region=host.region, without_gpu=environment.without_gpu
+        ),
+        at=at,
+        source=host_source(host.pk),
+    )
+
+
+def _running_on_allocated_host(allocation: Allocation):
+    return Environment.objects.filter(
+        host_id=allocation.host_id,
+        organization_id=allocation.organization_id,
+        status__in=BILLED_STATES,
+    ).select_related("host__region", "organization", "spec")
+
+
 @allocation_status_listener
 def allocation_billing_changed(allocation: Allocation) -> None:
+    """An active allocation is billed as a whole machine; the organisation's environments
+    already running on it stop being billed on their own meanwhile. An allocation that failed
+    leaves them running, billed again from then on (one reclaimed removes them)."""
     reference = f"allocation:{allocation.pk}"
+    now = timezone.now()
     if allocation.status != AllocationStatus.ACTIVE:
-        meter_close(reference)
+        meter_close(reference, now)
+        if allocation.status == AllocationStatus.FAILED:
+            for environment in _running_on_allocated_host(allocation):
+                _run_meter_open(environment, now)
         return
+    for environment in _running_on_allocated_host(allocation):
+        meter_close(run_reference(environment), now)
     host = Host.objects.select_related("region").get(pk=allocation.host_id)
     models = sorted(host.gpu_counts.values_list("model", flat=True))
     meter_open(

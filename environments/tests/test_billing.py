@@ -245,6 +245,39 @@ def test_an_active_allocation_is_metered_as_a_whole_machine(operator, organizati
     assert meter.intervals.filter(ended_at__isnull=True).count() == 0
 
 
+def test_an_environment_on_a_machine_its_organisation_then_allocates_is_not_billed_twice(
+    prices, operator, customer, organization, spec, image, host
+):
+    from machines.choices import AllocationStatus
+    from machines.services.allocations import allocation_create
+    from machines.services.commands import command_finish
+
+    PriceFactory(resource=PriceResource.MACHINE_HOUR, amount=Decimal("20"))
+    _fund(organization, "100")
+    environment = _create(customer, organization, spec, image)
+    run_succeeds(environment)
+    run = Meter.objects.get(reference=run_reference(environment))
+    assert run.intervals.filter(ended_at__isnull=True).count() == 1
+    now = timezone.now()
+    allocation = allocation_create(
+        actor=operator,
+        host=host,
+        organization=organization,
+        starts_at=now,
+        ends_at=now + timedelta(days=1),
+    )
+    allocation.refresh_from_db()
+    command = allocation.last_command
+    command_finish(command.host_id, str(command.pk), ok=True, result={"user": "rgt1"}, error="")
+    allocation.refresh_from_db()
+    assert allocation.status == AllocationStatus.ACTIVE
+    # The machine is billed; the environment on it no longer on its own.
+    assert run.intervals.filter(ended_at__isnull=True).count() == 0
+    machine = Meter.objects.get(reference=f"allocation:{allocation.pk}")
+    assert machine.intervals.filter(ended_at__isnull=True).count() == 1
+    assert wallet_get(organization).meters.filter(intervals__ended_at__isnull=True).count() == 1
+
+
 def test_a_price_names_a_region_that_exists(operator):
     """Billing knows regions by slug only; this bridge tells it which exist."""
     from billing.services.prices import price_set
