@@ -26,7 +26,13 @@ from ..payments.base import (
     provider_enabled,
     provider_get,
 )
-from .wallets import currency_check, money_parse, wallet_get, wallet_post
+from .wallets import (
+    currency_check,
+    money_parse,
+    wallet_currency_check,
+    wallet_get,
+    wallet_post,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +53,7 @@ def payment_create(
     code = currency_check(currency)
     provider = provider_enabled()
     wallet = wallet_get(organization)
-    if wallet.currency != code:
-        raise ValidationError.for_field(
-            "currency",
-            _("This organisation's wallet is in %(currency)s.") % {"currency": wallet.currency},
-        )
+    wallet_currency_check(wallet, code)
     # The row exists (committed) before the provider is asked, so the provider can carry its
     # id; its reference is a placeholder until the provider names the payment. The provider
     # call is outside any transaction: a slow provider must not hold rows locked.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -22,7 +22,13 @@ from remotegpu.core.errors import Conflict, ValidationError
 
 from ..choices import EntryKind, TopUpStatus
 from ..models import TopUpRequest, Voucher, VoucherRedemption
-from .wallets import currency_check, money_parse, wallet_get, wallet_post
+from .wallets import (
+    currency_check,
+    money_parse,
+    wallet_currency_check,
+    wallet_get,
+    wallet_post,
+)
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread
 
@@ -39,6 +45,7 @@ def top_up_request(
             "reference", _("Give the transfer's reference, as the bank statement shows it.")
         )
     wallet = wallet_get(organization)
+    wallet_currency_check(wallet, code)
     top_up = TopUpRequest.objects.create(
         wallet=wallet, amount=value, currency=code, reference=reference[:200], requested_by=user
     )
@@ -127,17 +134,22 @@ def voucher_create(
             raise ValidationError.for_field(field, _("Enter a whole number from 1 to 1,000,000."))
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError.for_field("expires_at", _("The expiry must be in the future."))
+    taken = ValidationError.for_field("code", _("A voucher with this code exists."))
     if Voucher.objects.filter(code=code).exists():
-        raise ValidationError.for_field("code", _("A voucher with this code exists."))
-    voucher = Voucher.objects.create(
-        code=code,
-        amount=value,
-        currency=currency_check(""),
-        max_redemptions=max_redemptions,
-        per_organization_limit=per_organization_limit,
-        expires_at=expires_at,
-        created_by=operator,
-    )
+        raise taken
+    try:
+        with transaction.atomic():  # two operators choosing one code at once: one gets it
+            voucher = Voucher.objects.create(
+                code=code,
+                amount=value,
+                currency=currency_check(""),
+                max_redemptions=max_redemptions,
+                per_organization_limit=per_organization_limit,
+                expires_at=expires_at,
+                created_by=operator,
+            )
+    except IntegrityError:
+        raise taken from None
     audit_record(
         AuditAction.VOUCHER_CREATED,
         actor=operator,

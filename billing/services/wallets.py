@@ -69,6 +69,16 @@ def currency_check(value, field: str = "currency") -> str:
     return code
 
 
+def wallet_currency_check(wallet: Wallet, code: str, field: str = "currency") -> None:
+    """Money comes into a wallet only in the wallet's currency (kept from when it was made,
+    should the configured currency change later)."""
+    if wallet.currency != code:
+        raise ValidationError.for_field(
+            field,
+            _("This organisation's wallet is in %(currency)s.") % {"currency": wallet.currency},
+        )
+
+
 def wallet_get(organization: Organization) -> Wallet:
     """The organisation's wallet, made on first use in the configured currency."""
     wallet = Wallet.objects.filter(organization=organization).first()

@@ -3,9 +3,11 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
+from unittest.mock import patch
 
 import pytest
 from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.choices import AuditAction
@@ -201,3 +203,28 @@ def test_the_ledger_refuses_changes_even_in_sql(organization, operator):
         ):
             cursor.execute(statement)
     assert LedgerEntry.objects.get().amount == Decimal("1")
+
+
+def test_a_top_up_in_another_currency_than_the_wallets_is_refused(owner, organization):
+    """A wallet keeps the currency it was made in, should the configured one change later."""
+    wallet = wallet_get(organization)
+    wallet.currency = "EUR"
+    wallet.save(update_fields=["currency"])
+    with pytest.raises(ValidationError) as refused:
+        top_up_request(user=owner, organization=organization, amount="10", reference="T-1")
+    assert "currency" in refused.value.fields
+    assert not TopUpRequest.objects.exists()
+
+
+def test_a_voucher_code_taken_meanwhile_is_a_field_error(operator):
+    """Two operators choosing one code at once: the database's unique index decides, and the
+    one who lost is told which field, not given a 500."""
+    voucher_create(operator=operator, amount="5", code="SPRING")
+    # As if it had checked before the other's voucher was made:
+    with (
+        patch.object(QuerySet, "exists", return_value=False),
+        pytest.raises(ValidationError) as refused,
+    ):
+        voucher_create(operator=operator, amount="5", code="spring")
+    assert "code" in refused.value.fields
+    assert Voucher.objects.count() == 1
