@@ -5,6 +5,7 @@ locked so that concurrent debits serialise and the balance is always the sum of 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -247,10 +248,15 @@ def wallet_summary(organization: Organization, now: datetime | None = None) -> W
 
 
 def wallet_require_funds(
-    organization: Organization, hourly_rate: Decimal, field: str = "spec"
+    organization: Organization,
+    hourly_rate: Decimal,
+    field: str = "spec",
+    starting_rate: Callable[[], Decimal] | None = None,
 ) -> None:
     """Starting something that costs ``hourly_rate`` needs an hour of it in the wallet, and
-    must keep the burn rate under the organisation's spend limit."""
+    must keep the burn rate under the organisation's spend limit. ``starting_rate`` says
+    what else the organisation has asked to run that is not billed yet (asked only when
+    there is a limit): it counts towards the limit too."""
     wallet = wallet_get(organization)
     if wallet.balance < hourly_rate or (hourly_rate > 0 and wallet.balance <= 0):
         raise ValidationError.for_field(
@@ -266,7 +272,10 @@ def wallet_require_funds(
             },
         )
     limit = wallet.spend_limit_per_hour
-    if limit is not None and wallet_burn_rate(wallet) + hourly_rate > limit:
+    if limit is None:
+        return
+    pending = starting_rate() if starting_rate is not None else Decimal(0)
+    if wallet_burn_rate(wallet) + pending + hourly_rate > limit:
         raise ValidationError.for_field(
             field,
             _("This would spend more than your limit of %(limit)s %(currency)s per hour.")

@@ -87,12 +87,43 @@ def specs_rates_by_region(specs: list[Spec]) -> dict[Region | None, dict[int, De
     return {region: {spec.pk: next(rates) for spec in specs} for region in regions}
 
 
+# On their way to running: not billed yet, but they will be, so a spend limit counts them.
+STARTING_STATES = frozenset({S.PENDING, S.PROVISIONING, S.STARTING})
+
+
+def starting_rate(organization: Organization, *, exclude: Environment | None = None) -> Decimal:
+    """What the organisation's environments on their way to running will cost per hour."""
+    environments = list(
+        Environment.objects.filter(organization=organization, status__in=STARTING_STATES)
+        .exclude(pk=exclude.pk if exclude is not None else None)
+        .select_related("spec", "host__region")
+    )
+    quantities = [
+        spec_quantities(
+            environment.spec,
+            region=environment.host.region if environment.host else None,
+            without_gpu=environment.without_gpu,
+        )
+        for environment in environments
+    ]
+    return sum(rates_for(quantities), Decimal(0)) if quantities else Decimal(0)
+
+
 def environment_require_funds(
-    organization: Organization, spec: Spec, *, region: Region | None, without_gpu: bool = False
+    organization: Organization,
+    spec: Spec,
+    *,
+    region: Region | None,
+    without_gpu: bool = False,
+    environment: Environment | None = None,
 ) -> None:
-    """Creating or starting needs an hour of the spec's price in the wallet."""
+    """Creating or starting (``environment``) needs an hour of the spec's price in the
+    wallet, and keeps what runs and what is starting within the spend limit."""
     wallet_require_funds(
-        organization, spec_rate(spec, region=region, without_gpu=without_gpu), field="spec"
+        organization,
+        spec_rate(spec, region=region, without_gpu=without_gpu),
+        field="spec",
+        starting_rate=lambda: starting_rate(organization, exclude=environment),
     )
 
 

@@ -461,6 +461,7 @@ def environment_start(
         environment.spec,
         region=environment.host.region,
         without_gpu=without_gpu,
+        environment=environment,
     )
     gpu_count = 0 if without_gpu else environment.spec.gpu_count
     with transaction.atomic():

@@ -91,6 +91,25 @@ def test_a_spend_limit_refuses_a_start_beyond_it(prices, customer, organization,
         _create(customer, organization, spec, image)
 
 
+def test_a_spend_limit_counts_what_is_starting_too(
+    prices, customer, organization, spec, image, host
+):
+    """Two creates one after the other: the first is not running (so not billed) yet, but
+    it will be, and the two together would pass the limit."""
+    _fund(organization, "100")
+    wallet = wallet_get(organization)
+    wallet.spend_limit_per_hour = Decimal("3.6") * spec.gpu_count * Decimal("1.5")
+    wallet.save()
+    first = _create(customer, organization, spec, image)
+    assert first.status == S.PROVISIONING
+    with pytest.raises(ValidationError, match="limit") as refused:
+        environment_create(
+            user=customer, organization=organization, name="train-2", spec=spec, image=image
+        )
+    assert "spec" in refused.value.fields
+    assert organization.environments.count() == 1
+
+
 def test_running_is_metered_and_a_stopped_volume_too(
     prices, customer, organization, spec, image, host
 ):
