@@ -20,6 +20,7 @@ from accounts.tests.factories import UserFactory
 from billing.choices import EntryKind, MeterKind, PriceResource, TopUpStatus
 from billing.models import (
     LedgerEntry,
+    Payment,
     Price,
     ReconciliationRun,
     RunInterval,
@@ -201,6 +202,19 @@ def test_a_balance_that_lasts_for_ages_is_not_dated(signed_in, member, organizat
     assert response.status_code == 200
     assert response.context["summary"].runs_out_at is None
     assert 'data-testid="time-left">More than ten years<' in response.content.decode()
+
+
+def test_a_card_payment_is_listed_as_one_in_the_readers_words(signed_in, owner, organization):
+    Payment.objects.create(
+        wallet=wallet_get(organization),
+        provider="sandbox",
+        provider_reference="p-1",
+        amount=Decimal(20),
+        currency=settings.BILLING_CURRENCY,
+        requested_by=owner,
+    )
+    page = signed_in(owner).get(reverse("billing:billing_overview")).content.decode()
+    assert "Card (sandbox)" in page
 
 
 def test_another_organisation_sees_only_its_own(signed_in, outsider, organization):

@@ -62,7 +62,8 @@ def _recharge_rows(organization) -> list[dict]:
         rows.append(
             {
                 **record,
-                "method_label": methods.get(method, method),
+                "method_label": methods.get(method)
+                or _("Card (%(provider)s)") % {"provider": method},
                 "status_label": statuses(status).label if status in statuses.values else status,
             }
         )
