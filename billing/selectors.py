@@ -198,10 +198,16 @@ def recharge_records(organization: Organization) -> list[dict]:
     return sorted(records, key=lambda record: record["time"], reverse=True)
 
 
+def revenue_window_start(days: int, now: datetime | None = None) -> datetime:
+    """The start (UTC midnight) of the last ``days`` days, today included: the chart's days
+    and the per-organisation table count usage over the same window."""
+    today = (now or timezone.now()).astimezone(UTC).date()
+    return datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), tzinfo=UTC)
+
+
 def revenue_by_day(days: int = 30, now: datetime | None = None) -> list[dict]:
     """Usage charged per day (UTC) over the fleet: the operators' revenue."""
-    today = (now or timezone.now()).astimezone(UTC).date()
-    first = datetime.combine(today - timedelta(days=days - 1), datetime.min.time(), tzinfo=UTC)
+    first = revenue_window_start(days, now)
     rows = (
         LedgerEntry.objects.filter(kind=EntryKind.USAGE, period_start__gte=first)
         .annotate(day=TruncDate("period_start", tzinfo=UTC))
@@ -220,9 +226,10 @@ def revenue_by_day(days: int = 30, now: datetime | None = None) -> list[dict]:
 
 
 def revenue_by_organization(since: datetime) -> list[dict]:
-    """Usage charged per organisation since ``since``, largest first, with its balance."""
+    """Usage charged per organisation for time since ``since``, largest first, with its
+    balance."""
     rows = (
-        LedgerEntry.objects.filter(kind=EntryKind.USAGE, created_at__gte=since)
+        LedgerEntry.objects.filter(kind=EntryKind.USAGE, period_start__gte=since)
         .values(
             "currency",
             organization_id=F("wallet__organization_id"),

@@ -3,7 +3,6 @@ the price list, vouchers, credits and reconciliation. Anyone but staff gets 404.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from functools import cached_property
 
 from django.conf import settings
@@ -30,7 +29,7 @@ from ..forms import (
     WalletCreditForm,
 )
 from ..models import Price, ReconciliationRun, TopUpRequest, Voucher
-from ..selectors import revenue_by_day, revenue_by_organization
+from ..selectors import revenue_by_day, revenue_by_organization, revenue_window_start
 from ..services.prices import price_delete, price_set
 from ..services.recharge import top_up_approve, top_up_reject, voucher_create
 from ..services.wallets import wallet_credit
@@ -78,7 +77,7 @@ class BillingDashboardView(OperatorPageMixin, TemplateView):
                     }
                 ],
             },
-            "organizations": revenue_by_organization(since=now - timedelta(days=REVENUE_DAYS)),
+            "organizations": revenue_by_organization(since=revenue_window_start(REVENUE_DAYS, now)),
             "pending_top_ups": pending.order_by("created_at"),
         }
 
