@@ -239,7 +239,8 @@ def _validate_spec(spec: Spec, region: Region | None) -> None:
 
 
 def _check_quota(organization: Organization, *, gpus: int, new_environment: bool) -> None:
-    """Under the organisation's row lock, so two creates cannot both take its last unit."""
+    """Takes the organisation's row lock, so two creates (or starts) cannot both take its last
+    unit, nor both pass its funds and spend-limit check: call it first in their transaction."""
     locked = Organization.objects.select_for_update().get(pk=organization.pk)
     if new_environment:
         count = Environment.objects.filter(organization=locked).exclude(status=S.DELETED).count()
@@ -385,10 +386,10 @@ def environment_create(
     auto_stop = auto_stop_validate(
         stop_at, max_runtime_minutes, idle_stop_minutes, idle_gpu_percent
     )
-    environment_require_funds(organization, spec, region=region)
     try:
         with transaction.atomic():
             _check_quota(organization, gpus=spec.gpu_count, new_environment=True)
+            environment_require_funds(organization, spec, region=region)
             environment = Environment.objects.create(
                 organization=organization,
                 created_by=user,
@@ -456,16 +457,16 @@ def environment_start(
             _("Only a stopped environment can be started; this one is %(status)s.")
             % {"status": environment.get_status_display()}
         )
-    environment_require_funds(
-        environment.organization,
-        environment.spec,
-        region=environment.host.region,
-        without_gpu=without_gpu,
-        environment=environment,
-    )
     gpu_count = 0 if without_gpu else environment.spec.gpu_count
     with transaction.atomic():
         _check_quota(environment.organization, gpus=gpu_count, new_environment=False)
+        environment_require_funds(
+            environment.organization,
+            environment.spec,
+            region=environment.host.region,
+            without_gpu=without_gpu,
+            environment=environment,
+        )
         try:
             with transaction.atomic():
                 placement = place(environment, gpu_count=gpu_count, only_host=environment.host)

@@ -1,11 +1,13 @@
 """What billing is told about environments: metered while running, the volume while stopped,
 nothing without the funds for an hour, stopped when the balance runs out."""
 
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
@@ -31,6 +33,7 @@ from environments.services.lifecycle import (
 from remotegpu.core.errors import ValidationError
 
 from .conftest import answer, latest_command, run_succeeds
+from .factories import host_with_gpus
 
 pytestmark = pytest.mark.django_db
 
@@ -107,6 +110,45 @@ def test_a_spend_limit_counts_what_is_starting_too(
             user=customer, organization=organization, name="train-2", spec=spec, image=image
         )
     assert "spec" in refused.value.fields
+    assert organization.environments.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_pass_the_spend_limit_one_at_a_time(
+    prices, customer, organization, spec, image
+):
+    """Eight creates at the same instant, a limit that one fits: the check runs under the
+    organisation's lock, so each sees the ones before it and exactly one gets through."""
+    host_with_gpus(8 * spec.gpu_count)
+    _fund(organization, "1000")
+    wallet = wallet_get(organization)
+    wallet.spend_limit_per_hour = Decimal("3.6") * spec.gpu_count * Decimal("1.5")
+    wallet.save()
+    barrier = threading.Barrier(8)
+    outcomes = []
+
+    def create(index):
+        try:
+            barrier.wait()
+            environment_create(
+                user=customer,
+                organization=organization,
+                name=f"race-{index}",
+                spec=spec,
+                image=image,
+            )
+            outcomes.append("created")
+        except ValidationError as refused:
+            outcomes.append("refused" if "spec" in refused.fields else refused.fields)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=create, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] + ["refused"] * 7
     assert organization.environments.count() == 1
 
 
