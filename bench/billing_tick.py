@@ -68,10 +68,11 @@ WITH due AS (
     UPDATE billing_runinterval i SET billed_until = due.t FROM due WHERE i.id = due.id
 ), charged AS (
     INSERT INTO billing_ledgerentry
-        (wallet_id, kind, amount, currency, idempotency_key, description, created_at,
-         meter_id, interval_id, period_start, period_end, seconds, rate)
+        (wallet_id, kind, amount, currency, idempotency_key, description, description_args,
+         created_at, meter_id, interval_id, period_start, period_end, seconds, rate)
     SELECT m.wallet_id, 'usage', -round(d.rate * d.s / 3600, 6), w.currency,
-           'usage:' || d.id || ':' || extract(epoch FROM d.f)::bigint, m.label, %(now)s,
+           'usage:' || d.id || ':' || extract(epoch FROM d.f)::bigint, m.label, m.label_args,
+           %(now)s,
            m.id, d.id, d.f, d.t, d.s, d.rate
     FROM (SELECT due.*, extract(epoch FROM due.t - due.f)::bigint AS s FROM due) d
     JOIN billing_meter m ON m.id = d.meter_id
@@ -119,10 +120,10 @@ def create(now) -> None:
         # Prices from 0.05 to about 13 per hour in steps of 0.013: most charges round.
         cursor.execute(
             """INSERT INTO billing_meter
-                    (reference, organization_id, wallet_id, kind, label, region, gpu_model,
-                     gpu_count, vcpu, memory_gib, storage_gib, rate, created_at)
+                    (reference, organization_id, wallet_id, kind, label, label_args, region,
+                     gpu_model, gpu_count, vcpu, memory_gib, storage_gib, rate, created_at)
                 SELECT %s || g, w.organization_id, w.id, %s,
-                       'environment ' || g, '', 'bench', 1, 8, 32, 0,
+                       'environment ' || g, '{}', '', 'bench', 1, 8, 32, 0,
                        round(0.05 + (g %% 997) * 0.013, 6), %s
                 FROM generate_series(1, %s) g
                 JOIN (SELECT id, organization_id, row_number() OVER (ORDER BY id) - 1 AS n

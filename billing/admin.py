@@ -199,11 +199,13 @@ class LedgerEntryAdmin(KeptByServicesAdmin):
         "kind",
         "amount",
         "currency",
-        "description",
+        "description_shown",
         "meter",
         "actor",
     ]
     list_filter = ["kind", "currency", "created_at"]
+    exclude = ["description"]  # a message id: shown in the reader's language instead
+    readonly_fields = ["description_shown"]
     search_fields = [
         "wallet__organization__name",
         "wallet__organization__slug",
@@ -213,6 +215,10 @@ class LedgerEntryAdmin(KeptByServicesAdmin):
     ]
     list_select_related = ["wallet__organization", "meter", "actor"]
     show_full_result_count = False  # the ledger grows by a row per meter per minute
+
+    @admin.display(description=_("description"))
+    def description_shown(self, obj):
+        return obj.description_text
 
 
 @admin.register(TopUpRequest)
@@ -361,10 +367,24 @@ class PaymentAdmin(KeptByServicesAdmin):
 
 @admin.register(Meter)
 class MeterAdmin(KeptByServicesAdmin):
-    list_display = ["reference", "label", "organization", "kind", "region", "gpu_model", "rate"]
+    list_display = [
+        "reference",
+        "label_shown",
+        "organization",
+        "kind",
+        "region",
+        "gpu_model",
+        "rate",
+    ]
     list_filter = ["kind", "region", "gpu_model"]
     search_fields = ["reference", "label", "organization__name", "organization__slug"]
     list_select_related = ["organization"]
+    exclude = ["label"]  # a message id: shown in the reader's language instead
+    readonly_fields = ["label_shown"]
+
+    @admin.display(description=_("name"))
+    def label_shown(self, obj):
+        return obj.label_text
 
 
 @admin.register(RunInterval)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from accounts.models import Organization
+from remotegpu.core.deferred_text import deferred_text
 from remotegpu.core.models import AppendOnlyModel, TimeStampedModel
 
 from .choices import EntryKind, MeterKind, PaymentStatus, PriceResource, TopUpStatus
@@ -123,7 +124,9 @@ class Meter(models.Model):
     )
     wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="meters")
     kind = models.CharField(_("kind"), max_length=10, choices=MeterKind.choices)
+    # A message id and its arguments (``deferred_text``): read in each reader's language.
     label = models.CharField(_("name"), max_length=200)
+    label_args = models.JSONField(default=dict, blank=True, editable=False)
     region = models.SlugField(_("region"), max_length=60, blank=True)
     gpu_model = models.CharField(_("GPU model"), max_length=100, blank=True)
     gpu_count = models.PositiveSmallIntegerField(_("GPUs"), default=0)
@@ -140,6 +143,10 @@ class Meter(models.Model):
 
     def __str__(self):
         return self.reference
+
+    @property
+    def label_text(self) -> str:
+        return deferred_text(self.label, self.label_args)
 
 
 class Source(models.Model):
@@ -207,7 +214,9 @@ class LedgerEntry(AppendOnlyModel):
     amount = models.DecimalField(_("amount"), **MONEY)
     currency = models.CharField(_("currency"), max_length=3)
     idempotency_key = models.CharField(_("idempotency key"), max_length=200)
+    # A message id and its arguments (``deferred_text``), or an operator's words as written.
     description = models.CharField(_("description"), max_length=300, blank=True)
+    description_args = models.JSONField(default=dict, blank=True, editable=False)
     created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
     # Usage: what ran, when, for how long, at which price per hour.
     meter = models.ForeignKey(
@@ -241,6 +250,10 @@ class LedgerEntry(AppendOnlyModel):
 
     def __str__(self):
         return f"{self.get_kind_display()} {self.amount} {self.currency}"
+
+    @property
+    def description_text(self) -> str:
+        return deferred_text(self.description, self.description_args)
 
 
 class TopUpRequest(TimeStampedModel):

@@ -12,6 +12,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Organization
+from remotegpu.core.deferred_text import deferred_text
 
 from .choices import EntryKind, MeterKind
 from .models import LedgerEntry, Payment, TopUpRequest, VoucherRedemption, Wallet
@@ -85,14 +86,20 @@ def usage_by_resource(organization: Organization, since: datetime, until: dateti
             created_at__gte=since,
             created_at__lt=until,
         )
-        .values("meter__reference", "meter__label", "meter__kind", "meter__gpu_model")
+        .values(
+            "meter__reference",
+            "meter__label",
+            "meter__label_args",
+            "meter__kind",
+            "meter__gpu_model",
+        )
         .annotate(seconds=Sum("seconds"), amount=Sum("amount"))
         .order_by("meter__label")
     )
     return [
         {
             "reference": row["meter__reference"],
-            "name": row["meter__label"],
+            "name": deferred_text(row["meter__label"], row["meter__label_args"]),
             "resource": usage_series_label(row["meter__kind"], row["meter__gpu_model"]),
             "seconds": row["seconds"] or 0,
             "amount": -(row["amount"] or Decimal(0)),

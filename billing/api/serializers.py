@@ -98,6 +98,11 @@ class RechargeRecordSerializer(serializers.Serializer):
 
 class LedgerEntrySerializer(serializers.ModelSerializer):
     meter = serializers.SlugRelatedField(slug_field="reference", read_only=True, allow_null=True)
+    description = serializers.CharField(
+        source="description_text",
+        read_only=True,
+        help_text=_("In the request's language (Accept-Language)."),
+    )
 
     class Meta:
         model = LedgerEntry

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
-from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from accounts.models import Organization
 
@@ -42,6 +42,6 @@ def billing_demo_seed(organization_slug: str) -> dict[str, object]:
         kind=EntryKind.PROMOTION,
         amount=DEMO_CREDIT,
         key=f"demo:{organization.pk}",
-        description=_("Demo credit"),
+        description=gettext_noop("Demo credit"),
     )
     return {"prices": Price.objects.count(), "balance": wallet.balance}

@@ -49,11 +49,13 @@ def meter_open(
     organization: Organization,
     label: str,
     quantities: Quantities,
+    label_args: dict | None = None,
     at: datetime | None = None,
     source: str = "",
 ) -> Meter:
     """Start billing ``reference`` from ``at``: its meter (made or brought up to date with
-    ``quantities`` and today's price) gets an open interval unless it has one."""
+    ``quantities`` and today's price) gets an open interval unless it has one. ``label``: a
+    ``gettext_noop`` id with its ``label_args``, or a name."""
     at = second_ceil(at or timezone.now())
     rate = rate_for(quantities)
     wallet = wallet_get(organization)
@@ -62,6 +64,7 @@ def meter_open(
         "wallet": wallet,
         "kind": quantities.kind,
         "label": label[:200],
+        "label_args": label_args or {},
         "region": quantities.region,
         "gpu_model": quantities.gpu_model,
         "gpu_count": quantities.gpu_count,
@@ -190,12 +193,13 @@ WITH due AS (
     RETURNING i.id, i.meter_id, i.rate, due.f, i.billed_until AS t
 ), charged AS (
     INSERT INTO billing_ledgerentry
-        (wallet_id, kind, amount, currency, idempotency_key, description, created_at,
-         meter_id, interval_id, period_start, period_end, seconds, rate)
+        (wallet_id, kind, amount, currency, idempotency_key, description, description_args,
+         created_at, meter_id, interval_id, period_start, period_end, seconds, rate)
     SELECT m.wallet_id, '{EntryKind.USAGE}',
            -round(b.rate * extract(epoch FROM b.t - b.f)::bigint / 3600, 6),
            w.currency, 'usage:' || b.id || ':' || extract(epoch FROM b.f)::bigint,
-           m.label, %(now)s, m.id, b.id, b.f, b.t, extract(epoch FROM b.t - b.f)::bigint, b.rate
+           m.label, m.label_args, %(now)s, m.id, b.id, b.f, b.t,
+           extract(epoch FROM b.t - b.f)::bigint, b.rate
     FROM billed b
     JOIN billing_meter m ON m.id = b.meter_id
     JOIN billing_wallet w ON w.id = m.wallet_id

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from accounts.choices import MANAGER_ROLES, AuditAction
 from accounts.models import Organization, User
@@ -141,7 +142,8 @@ def _payment_succeeded(payment: Payment, event_id: str) -> None:
         kind=EntryKind.RECHARGE,
         amount=payment.amount,
         key=payment_key(payment.provider, payment.provider_reference),
-        description=_("Card payment %(reference)s") % {"reference": payment.provider_reference},
+        description=gettext_noop("Card payment %(reference)s"),
+        description_args={"reference": payment.provider_reference},
     )
     if entry is None:
         # The ledger already holds this credit; the status was what lagged.

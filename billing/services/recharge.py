@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from accounts.choices import AuditAction
 from accounts.models import Organization, User
@@ -82,7 +83,8 @@ def top_up_approve(*, operator: User, top_up: TopUpRequest, note: str = "") -> T
             kind=EntryKind.RECHARGE,
             amount=top_up.amount,
             key=f"top_up:{top_up.pk}",
-            description=_("Bank transfer %(reference)s") % {"reference": top_up.reference},
+            description=gettext_noop("Bank transfer %(reference)s"),
+            description_args={"reference": top_up.reference},
             actor=operator,
         )
         audit_record(
@@ -211,7 +213,8 @@ def voucher_redeem(*, user: User, organization: Organization, code: str) -> Vouc
             kind=EntryKind.PROMOTION,
             amount=voucher.amount,
             key=f"voucher:{voucher.pk}:{wallet.pk}:{used + 1}",
-            description=_("Voucher %(code)s") % {"code": voucher.code},
+            description=gettext_noop("Voucher %(code)s"),
+            description_args={"code": voucher.code},
             actor=user,
         )
         if entry is None:  # a concurrent redemption of this very use won

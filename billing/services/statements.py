@@ -22,6 +22,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from xml.sax.saxutils import escape
 
 from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.utils import translation
 from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
 from reportlab.lib import colors
@@ -73,7 +74,7 @@ class _Line:
 
     created_at: datetime
     kind: str
-    description: str
+    description_text: str
     meter: Meter | None
     period_start: datetime | None
     period_end: datetime | None
@@ -86,7 +87,7 @@ class _Line:
         return cls(
             entry.created_at,
             entry.kind,
-            entry.description,
+            entry.description_text,
             entry.meter,
             entry.period_start,
             entry.period_end,
@@ -130,8 +131,8 @@ def _entry_row(entry: LedgerEntry | _Line, time=_time) -> list:
     return [
         time(entry.created_at),
         _kind(entry.kind),
-        entry.description,
-        meter.label if meter else "",
+        entry.description_text,
+        meter.label_text if meter else "",
         meter.reference if meter else "",
         time(entry.period_start),
         time(entry.period_end),
@@ -203,11 +204,22 @@ def statement_csv(statement: Statement) -> str:
     return "".join(statement_csv_chunks(statement))
 
 
+def _in_language(chunks: Iterator[str], language: str) -> Iterator[str]:
+    """``chunks`` made in ``language`` (the request's) whenever the server reads them: a
+    streamed response is read after the view has returned."""
+    while True:
+        with translation.override(language):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
+
+
 def statement_response(statement: Statement, extension: str) -> HttpResponseBase:
     """The statement as a download (``csv``, streamed, with a BOM so that Excel reads UTF-8;
     or ``pdf``), for the billing page and the API alike."""
     if extension == "csv":
-        chunks = statement_csv_chunks(statement)
+        chunks = _in_language(statement_csv_chunks(statement), translation.get_language())
         response = StreamingHttpResponse(
             itertools.chain(["\ufeff"], chunks), content_type="text/csv; charset=utf-8"
         )

@@ -99,11 +99,13 @@ def wallet_post(
     amount: Decimal,
     key: str,
     description: str = "",
+    description_args: dict | None = None,
     actor: User | None = None,
     **fields,
 ) -> LedgerEntry | None:
     """Add one entry and move the balance by it, in one transaction with the wallet row
-    locked. An entry whose key is already in the ledger changes nothing and returns None."""
+    locked. An entry whose key is already in the ledger changes nothing and returns None.
+    ``description``: a ``gettext_noop`` id with its ``description_args``, or plain text."""
     amount = money_round(amount)
     with transaction.atomic():
         locked = Wallet.objects.select_for_update().get(pk=wallet.pk)
@@ -118,6 +120,7 @@ def wallet_post(
                     currency=locked.currency,
                     idempotency_key=key,
                     description=str(description)[:300],
+                    description_args=description_args or {},
                     actor=actor if actor is not None and actor.is_authenticated else None,
                     **fields,
                 )

@@ -12,14 +12,15 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from accounts.choices import AuditAction
 from accounts.models import AuditEvent
-from accounts.tests.factories import UserFactory
+from accounts.tests.factories import MembershipFactory, UserFactory
 from billing.choices import EntryKind, MeterKind, PriceResource, TopUpStatus
 from billing.models import (
     LedgerEntry,
+    Meter,
     Payment,
     Price,
     ReconciliationRun,
@@ -497,6 +498,56 @@ def test_operator_approves_a_top_up(signed_in, operator, organization):
     assert again.status_code == 200
     assert wallet_get(organization).balance == Decimal("80.00")
     assert top_up.reference not in again.content.decode()  # no longer waiting
+
+
+def test_the_ledger_is_read_in_each_readers_language(
+    signed_in, token_client_for, operator, organization
+):
+    """An English operator approves; the ledger says so in each reader's language, on the
+    page, in the statement and over the API."""
+    top_up = TopUpRequestFactory(
+        wallet=WalletFactory(organization=organization), amount=Decimal("80.00")
+    )
+    signed_in(operator).post(reverse("billing_operator:top_up_approve", args=[top_up.pk]))
+    meter_open(
+        reference="environment:7:volume",
+        organization=organization,
+        label="%(name)s (volume)",
+        label_args={"name": "train-7"},
+        quantities=Quantities(kind=MeterKind.STORAGE, storage_gib=10),
+    )
+    LedgerEntry.objects.create(
+        wallet=wallet_get(organization),
+        kind=EntryKind.USAGE,
+        amount=Decimal("-0.01"),
+        currency=settings.BILLING_CURRENCY,
+        idempotency_key="usage:test",
+        meter=Meter.objects.get(reference="environment:7:volume"),
+    )
+    readers = {
+        "zh-hans": ("银行转账 " + top_up.reference, "train-7（卷）"),
+        "en": ("Bank transfer " + top_up.reference, "train-7 (volume)"),
+    }
+    for language, (recharge, volume) in readers.items():
+        reader = MembershipFactory(organization=organization, user__language=language).user
+        client = signed_in(reader)
+        page = client.get(reverse("billing:ledger_list")).content.decode()
+        assert recharge in page
+        assert volume in page
+        month = timezone.now()
+        statement = client.get(
+            reverse(
+                "billing:statement_csv",
+                kwargs={"year": f"{month:%Y}", "month": f"{month:%m}"},
+            )
+        )
+        with translation.override("zh-hans" if language == "en" else "en"):
+            statement = statement.getvalue().decode("utf-8-sig")  # read as a server reads it
+        assert recharge in statement
+        assert volume in statement
+    api = token_client_for(MembershipFactory(organization=organization).user)
+    entries = api.get("/api/v1/billing/ledger/", HTTP_ACCEPT_LANGUAGE="zh-hans").json()
+    assert "银行转账 " + top_up.reference in [row["description"] for row in entries["results"]]
 
 
 def test_operator_rejects_a_top_up(signed_in, operator, organization):

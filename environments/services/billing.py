@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from accounts.models import Organization
 from billing.choices import MeterKind
@@ -151,7 +152,8 @@ def environment_billing_changed(environment: Environment, previous: str, target:
         meter_open(
             reference=volume_reference(environment),
             organization=environment.organization,
-            label=_("%(name)s (volume)") % {"name": environment.name},
+            label=gettext_noop("%(name)s (volume)"),
+            label_args={"name": environment.name},
             quantities=Quantities(
                 kind=MeterKind.STORAGE,
                 region=region.slug if region else "",
@@ -205,7 +207,8 @@ def allocation_billing_changed(allocation: Allocation) -> None:
     meter_open(
         reference=reference,
         organization=allocation.organization,
-        label=_("Whole machine %(host)s") % {"host": host.name},
+        label=gettext_noop("Whole machine %(host)s"),
+        label_args={"host": host.name},
         quantities=Quantities(
             kind=MeterKind.MACHINE,
             region=host.region.slug if host.region else "",
