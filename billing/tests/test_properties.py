@@ -198,6 +198,10 @@ class BillingMachine(RuleBasedStateMachine):
         if model.open is None:
             model.gpus = gpus
             model.segments.append(Segment(self.second_up, None, source, gpus * self.price))
+            if source and not self.sightings[source]:
+                # The agent reporting the run is the first sighting of a host never heard
+                # from: it counts as online up to then, and no further until it reports.
+                self.sightings[source].append(self.second_up)
 
     @rule(wait=WAIT, ref=st.sampled_from(METERS), host_lost=st.booleans())
     def stop(self, wait, ref, host_lost):
@@ -477,3 +481,24 @@ def test_a_run_stopped_while_its_host_is_offline_is_not_billed_for_the_gap(organ
     sources_seen({"host:1": (T0 + timedelta(seconds=900), GAP)})
     billing_tick(T0 + timedelta(seconds=960))
     assert billed_seconds(ref) == 30  # found: 600
+
+
+@pytest.mark.django_db
+def test_a_run_on_a_host_never_heard_from_is_billed_up_to_its_report_only(organization):
+    """The agent's report of the run is the first sighting of its host; with no heartbeat
+    after it the tick bills nothing past it (the model had counted such a host online)."""
+    PriceFactory(resource=PriceResource.GPU_HOUR, amount=Decimal("3.6"))
+    ref = "environment:1:run"
+    meter_open(
+        reference=ref,
+        organization=organization,
+        label="a",
+        quantities=_compute(1),
+        at=T0,
+        source="host:new",
+    )
+    billing_tick(T0 + timedelta(seconds=60))
+    assert billed_seconds(ref) == 0
+    sources_seen({"host:new": (T0 + timedelta(seconds=20), GAP)})
+    billing_tick(T0 + timedelta(seconds=60))
+    assert billed_seconds(ref) == 20
