@@ -117,7 +117,6 @@ def _check_range(name: str, value: int, maximum: int = 2**63 - 1) -> None:
         raise protocol.ProtocolError(f"inventory.{name}: {value} is out of range")
 
 
-@transaction.atomic
 def _gateway_fields(inventory) -> dict:
     """The SSH gateway's port and host key, with the key's fingerprint (``ssh-keygen -l``)."""
     if not 0 <= inventory.ssh_port <= 65535:
@@ -135,8 +134,11 @@ def _gateway_fields(inventory) -> dict:
     }
 
 
+@transaction.atomic
 def host_apply_inventory(host: Host, inventory) -> None:
     """Store what the agent says the host is, and its GPUs by UUID; GPUs gone are marked lost.
+    One transaction with its listeners: an environment marked lost and its GPUs released are
+    seen together or not at all.
 
     Figures no column can hold are refused whole (``ProtocolError``), before anything is
     written."""

@@ -14,6 +14,7 @@ from accounts.models import AuditEvent, Notification
 from accounts.tests.factories import OperatorFactory, UserFactory
 from machines.choices import GPUHealth, HostStatus
 from machines.models import GPU, Host
+from machines.services import hosts as hosts_module
 from machines.services.hosts import (
     host_apply_inventory,
     host_connected,
@@ -168,6 +169,23 @@ def test_later_inventory_updates_gpus_in_place_and_marks_missing_ones_lost(db):
         "GPU-b",
         "GPU-c",
     }
+
+
+def test_an_inventory_is_applied_in_one_transaction_with_its_listeners(db, monkeypatch):
+    """A listener (environments marking one lost and releasing its GPUs) that fails takes
+    the whole inventory back: nobody ever reads half of it."""
+    host = HostFactory()
+    host_apply_inventory(host, _inventory(_gpu("GPU-a", 0), cpu_cores=4))
+
+    def failing(host, inventory):
+        raise RuntimeError("a listener failed")
+
+    monkeypatch.setattr(hosts_module, "_inventory_listeners", [failing])
+    with pytest.raises(RuntimeError):
+        host_apply_inventory(host, _inventory(_gpu("GPU-b", 0), cpu_cores=64))
+    host.refresh_from_db()
+    assert host.cpu_cores == 4
+    assert list(host.gpus.values_list("uuid", "health")) == [("GPU-a", GPUHealth.OK)]
 
 
 def test_a_host_without_gpus_reports_none_and_loses_nothing_of_others(db):
