@@ -210,6 +210,9 @@ class LedgerEntryAdmin(KeptByServicesAdmin):
         "wallet__organization__name",
         "wallet__organization__slug",
         "description",
+        # The arguments ledger entries are described with (see deferred_text).
+        "description_args__reference",
+        "description_args__code",
         "idempotency_key",
         "meter__reference",
     ]
@@ -377,7 +380,14 @@ class MeterAdmin(KeptByServicesAdmin):
         "rate",
     ]
     list_filter = ["kind", "region", "gpu_model"]
-    search_fields = ["reference", "label", "organization__name", "organization__slug"]
+    search_fields = [
+        "reference",
+        "label",
+        "label_args__name",  # an environment's (its volume)
+        "label_args__host",  # a whole machine's
+        "organization__name",
+        "organization__slug",
+    ]
     list_select_related = ["organization"]
     exclude = ["label"]  # a message id: shown in the reader's language instead
     readonly_fields = ["label_shown"]

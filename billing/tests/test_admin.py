@@ -47,11 +47,18 @@ def rows(organization, owner):
     organization.save()
     price = PriceFactory(resource=PriceResource.GPU_HOUR, gpu_model="NVIDIA H100", amount=2)
     wallet = wallet_get(organization)
-    entry = ledger_entry_post(organization, "50.00", description="Opening kestrel credit")
+    # Kept as message ids with arguments: search finds them by the arguments too.
+    entry = ledger_entry_post(
+        organization,
+        "50.00",
+        description="Bank transfer %(reference)s",
+        description_args={"reference": "kestrel-0042"},
+    )
     meter = meter_open(
         reference="environment:7:run",
         organization=organization,
-        label="kestrel-train",
+        label="%(name)s (volume)",
+        label_args={"name": "kestrel-train"},
         quantities=Quantities(kind="compute", gpu_model="NVIDIA H100", gpu_count=1),
         source="host:7",
     )
@@ -66,7 +73,7 @@ def rows(organization, owner):
     return {
         Price: (price, "H100"),
         Wallet: (wallet, "Kestrel"),
-        LedgerEntry: (entry, "kestrel"),
+        LedgerEntry: (entry, "kestrel-0042"),
         Meter: (meter, "kestrel-train"),
         RunInterval: (RunInterval.objects.get(meter=meter), "environment:7"),
         Source: (Source.objects.get(key="host:7"), "host:7"),
